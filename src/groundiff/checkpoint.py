@@ -1,0 +1,121 @@
+"""Atomic file writes and resumable training state in safetensors (never pickle).
+
+A training state is one safetensors file: model and optimizer tensors under prefixed keys, and
+everything else (step, config fingerprint, optimizer hyper-parameters) as JSON in its metadata.
+Files are written to a temporary name and renamed, so a run killed mid-write leaves the previous
+checkpoint intact and nothing half-written is ever read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of a JSON-able object (e.g. a training config)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], Any]:
+    state = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in state["state"].items():
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{prefix}.{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def save_training_state(
+    path: str | Path,
+    modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]],
+    optimizers: dict[str, torch.optim.Optimizer],
+    meta: dict[str, Any],
+) -> None:
+    """Save modules (or raw tensor dicts), optimizers and JSON metadata to one safetensors file."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in modules.items():
+        sd = module.state_dict() if isinstance(module, torch.nn.Module) else module
+        for key, value in sd.items():
+            tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
+    opt_meta = {}
+    for name, opt in optimizers.items():
+        opt_tensors, opt_meta[name] = _optimizer_tensors(opt, f"optim.{name}")
+        tensors.update(opt_tensors)
+    metadata = {"meta": json.dumps(meta), "optimizers": json.dumps(opt_meta)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a training state, without loading its tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["meta"])
+
+
+def load_training_state(
+    path: str | Path,
+    modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]],
+    optimizers: dict[str, torch.optim.Optimizer],
+) -> dict[str, Any]:
+    """Restore what `save_training_state` wrote, in place; returns the metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    for name, module in modules.items():
+        prefix = f"{name}."
+        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if isinstance(module, torch.nn.Module):
+            module.load_state_dict(sd)
+        else:
+            for key, value in sd.items():
+                module[key].copy_(value)
+    opt_meta = json.loads(metadata["optimizers"])
+    for name, opt in optimizers.items():
+        prefix = f"optim.{name}."
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith(prefix):
+                idx, field = key[len(prefix):].split(".", 1)
+                state.setdefault(int(idx), {})[field] = value
+        for idx, scalars in opt_meta[name]["scalars"].items():
+            state.setdefault(int(idx), {}).update(scalars)
+        opt.load_state_dict({"state": state, "param_groups": opt_meta[name]["param_groups"]})
+    return json.loads(metadata["meta"])

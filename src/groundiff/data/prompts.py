@@ -1,0 +1,71 @@
+"""The paper's training prompts: "a photograph of a {c1}" or "... a {c1} and a {c2}".
+
+One or two classes with probability 1/2 each, drawn uniformly *with replacement* from the seen
+classes (PAPER.md, Data). The table is the contract between `prompts` and `synthesize`: one row
+per image to generate, with the seed that makes the row reproducible on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CLASS_SEP = "|"  # class names may contain spaces ("hot dog"), never a bar
+COLUMNS = ["index", "prompt", "classes", "n_objects", "seed"]
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    n: int = 2000  # rows in the table
+    seed: int = 0
+    two_object_prob: float = 0.5  # the paper: 1/2
+    template_one: str = "a photograph of a {}"
+    template_two: str = "a photograph of a {} and a {}"
+
+    def __post_init__(self) -> None:
+        if self.n <= 0:
+            raise ValueError(f"n must be a positive number of prompts, got {self.n}")
+        if not 0.0 <= self.two_object_prob <= 1.0:
+            raise ValueError(f"two_object_prob must be a probability in [0, 1], got {self.two_object_prob}")
+        if self.template_one.count("{}") != 1 or self.template_two.count("{}") != 2:
+            raise ValueError("template_one needs one '{}' and template_two two '{}' placeholders")
+
+
+def row_seed(seed: int, index: int) -> int:
+    """An independent 31-bit seed for row `index` (stable across table sizes and machines)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0] >> 1)
+
+
+def sample_prompts(classes: tuple[str, ...] | list[str], cfg: PromptConfig) -> pd.DataFrame:
+    """The prompt table: columns index, prompt, classes ('|'-joined), n_objects, seed."""
+    if not classes:
+        raise ValueError("no classes to draw prompts from")
+    rng = np.random.default_rng(cfg.seed)
+    rows = []
+    for i in range(cfg.n):
+        k = 2 if rng.random() < cfg.two_object_prob else 1
+        names = [classes[j] for j in rng.integers(len(classes), size=k)]
+        template = cfg.template_two if k == 2 else cfg.template_one
+        rows.append((i, template.format(*names), CLASS_SEP.join(names), k, row_seed(cfg.seed, i)))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def read_prompts(path: Path) -> pd.DataFrame:
+    """Read a prompt table, checking it is one (a clear error beats a KeyError three stages later)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no prompt table; run `dvc repro prompts` first")
+    table = pd.read_csv(path, keep_default_na=False)
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: not a prompt table (missing columns {missing})")
+    if table.empty:
+        raise ValueError(f"{path}: the prompt table is empty; set prompts.n > 0 and rerun `dvc repro prompts`")
+    return table
+
+
+def class_list(cell: str) -> list[str]:
+    return cell.split(CLASS_SEP)

@@ -1,0 +1,436 @@
+"""The shapes world's text-to-image model: a small latent diffusion model in diffusers format.
+
+Stable Diffusion in miniature, trained from scratch on rendered scenes of *all* classes, and saved
+with `save_pretrained` so that `StableDiffusionPipeline.from_pretrained(folder)` loads it and the
+paper's code path is the same for every world:
+
+- `AutoencoderKL` with a single block (downsampling factor 1, no mid-block attention): close to
+  an invertible colour map, so shape detail lives in the UNet (factor 2/4 VAEs blurred
+  silhouettes in earlier measurements). Trained first, on the posterior mean.
+- `CLIPTextModel` (2 layers, width 64) over a word-level tokenizer, trained jointly with the UNet.
+- `UNet2DConditionModel` with cross-attention at 16x16 and 8x8 (none at 32x32, where
+  self-attention would dominate the cost).
+- DDPM cosine schedule for training; a DDIM scheduler with the same betas is saved for sampling.
+- Classifier-free guidance: captions are dropped to "" with probability `uncond_prob`.
+
+Training is a pure function of the config: batch `s` is rendered from seeds derived from
+`(seed, s)`, so a run resumed from a checkpoint continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from groundiff.checkpoint import fingerprint, load_training_state, save_training_state
+from groundiff.worlds.shapes import BACKGROUND_COLOURS, CLASSES, OBJECT_COLOURS, Scene, SceneSpec, render_scene
+from groundiff.worlds.tokenizer import build_word_tokenizer
+
+#: Words of the shapes world's captions besides class and colour names.
+TEMPLATE_WORDS = ("a", "an", "photograph", "of", "and", "on", "background", "the", "with")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Everything that decides the trained model. Changing any field retrains from scratch."""
+
+    seed: int = 0
+    image_size: int = 32  # pixels; latents have the same size (VAE factor 1)
+    max_objects: int = 2
+    # VAE phase
+    vae_steps: int = 1500
+    vae_batch_size: int = 64
+    vae_lr: float = 2e-3
+    vae_channels: int = 32
+    latent_channels: int = 4
+    # UNet + text encoder phase
+    steps: int = 5000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    decay_start: float = 0.6  # fraction of `steps` after which lr decays linearly ...
+    final_lr_fraction: float = 0.05  # ... to this fraction of lr
+    weight_decay: float = 0.01
+    ema_decay: float = 0.995
+    uncond_prob: float = 0.1  # caption dropout, for classifier-free guidance
+    colour_prob: float = 0.5  # captions name colours ("a red star") with this probability
+    background_prob: float = 0.25  # ... and the background ("on a gray background")
+    block_out_channels: tuple[int, ...] = (32, 96, 128)
+    layers_per_block: int = 1
+    attention_heads: int = 8
+    text_width: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    max_length: int = 24  # tokens, including <bos> and <eos>
+    train_timesteps: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("vae_steps", "steps", "batch_size", "vae_batch_size", "image_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.uncond_prob < 1:
+            raise ValueError(f"uncond_prob must be in [0, 1), got {self.uncond_prob}")
+        if self.image_size % 2 ** (len(self.block_out_channels) - 1):
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by 2^(levels-1) = "
+                f"{2 ** (len(self.block_out_channels) - 1)} for block_out_channels {self.block_out_channels}"
+            )
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run training; none of these change the result (up to floating-point noise)."""
+
+    device: str = "cpu"
+    mixed_precision: str = "bf16"  # "no" or "bf16" (CPU with AVX512-BF16, or CUDA)
+    num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    checkpoint_every: int = 100  # steps
+    log_every: int = 20  # steps
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.checkpoint_every <= 0 or self.log_every <= 0:
+            raise ValueError("checkpoint_every and log_every must be positive")
+
+
+# --- components -------------------------------------------------------------------------------
+
+
+def vocabulary_words() -> list[str]:
+    return [*CLASSES, *OBJECT_COLOURS, *BACKGROUND_COLOURS, *TEMPLATE_WORDS]
+
+
+def build_components(cfg: DiffusionConfig) -> dict:
+    """Freshly initialised (seeded) VAE, text encoder, tokenizer, UNet and schedulers."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = build_word_tokenizer(vocabulary_words(), cfg.max_length)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(cfg.vae_channels,),
+        layers_per_block=1,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=min(32, cfg.vae_channels),
+        sample_size=cfg.image_size,
+        mid_block_add_attention=False,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.text_width,
+            intermediate_size=4 * cfg.text_width,
+            num_hidden_layers=cfg.text_layers,
+            num_attention_heads=cfg.text_heads,
+            max_position_embeddings=cfg.max_length,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    levels = len(cfg.block_out_channels)
+    unet = UNet2DConditionModel(
+        sample_size=cfg.image_size,
+        in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels,
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+        cross_attention_dim=cfg.text_width,
+        attention_head_dim=cfg.attention_heads,
+        norm_num_groups=16,
+    )
+    schedule = dict(num_train_timesteps=cfg.train_timesteps, beta_schedule="squaredcos_cap_v2",
+                    prediction_type="epsilon", clip_sample=False)
+    return {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "noise_scheduler": DDPMScheduler(**schedule),
+        "scheduler": DDIMScheduler(**schedule, set_alpha_to_one=True, steps_offset=1),
+    }
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def training_caption(scene: Scene, rng: np.random.Generator, cfg: DiffusionConfig) -> str:
+    """A caption for a training scene, varied so the paper's plain template is covered."""
+    if rng.random() < cfg.uncond_prob:
+        return ""
+    objects = list(scene.objects)
+    if len(objects) > 1 and rng.random() < 0.5:
+        objects.reverse()  # naming order carries no depth information
+    coloured = rng.random() < cfg.colour_prob
+    names = [f"{o.colour} {o.shape}" if coloured else o.shape for o in objects]
+    caption = "a photograph of a " + " and a ".join(names)
+    if rng.random() < cfg.background_prob:
+        caption += f" on a {' and '.join(scene.background)} background"
+    return caption
+
+
+def render_batch(cfg: DiffusionConfig, step: int, batch_size: int, stream: int) -> tuple[torch.Tensor, list[str]]:
+    """Batch `step` of data stream `stream` (0: VAE, 1: UNet): images in [-1, 1] and captions."""
+    seq = np.random.SeedSequence([cfg.seed, stream, step])
+    seeds = seq.generate_state(batch_size, dtype=np.uint32)
+    rng = np.random.default_rng(seq.spawn(1)[0])
+    spec = SceneSpec(image_size=cfg.image_size, max_objects=cfg.max_objects)
+    scenes = [render_scene(int(s), spec) for s in seeds]
+    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2)
+    images = images.float() / 127.5 - 1.0  # (B, 3, H, W)
+    return images, [training_caption(s, rng, cfg) for s in scenes]
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, cfg: DiffusionConfig) -> float:
+    """Linear warm-up, constant, then linear decay to `final_lr_fraction`."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    start = cfg.decay_start * cfg.steps
+    if step < start:
+        return 1.0
+    frac = (step - start) / max(cfg.steps - start, 1)
+    return 1.0 - (1.0 - cfg.final_lr_fraction) * min(frac, 1.0)
+
+
+class EMA:
+    """Exponential moving average of a module's float parameters."""
+
+    def __init__(self, module: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        for key, value in module.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.shadow[key].lerp_(value, 1.0 - self.decay)
+            else:
+                self.shadow[key].copy_(value)
+
+
+def _autocast(opts: RunOptions):
+    device_type = "cuda" if opts.device.startswith("cuda") else "cpu"
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=opts.mixed_precision == "bf16")
+
+
+def _append_log(path: Path, rows: list[dict], header: list[str]) -> None:
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def _truncate_log(path: Path, max_step: int) -> None:
+    """Drop log rows past the checkpoint we resume from, so a resumed log has no duplicates."""
+    if not path.exists():
+        return
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    header = list(rows[0].keys()) if rows else []
+    path.unlink()
+    kept = [r for r in rows if int(r["step"]) <= max_step]
+    if kept:
+        _append_log(path, kept, header)
+
+
+def train_vae(vae, cfg: DiffusionConfig, opts: RunOptions, work_dir: Path,
+              on_log: Callable[[dict], None] | None = None) -> dict:
+    """Phase 1: the autoencoder, on the posterior mean (MSE + L1; tiny KL keeps latents bounded)."""
+    ckpt, log_path = work_dir / "vae_state.safetensors", work_dir / "vae_log.csv"
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    start = 0
+    if ckpt.exists():
+        start = load_training_state(ckpt, {"vae": vae}, {"vae": opt})["step"]
+        _truncate_log(log_path, start)
+    vae.to(opts.device).train()
+    rows: list[dict] = []
+    bar = tqdm(range(start, cfg.vae_steps), initial=start, total=cfg.vae_steps, desc="vae", mininterval=5)
+    for step in bar:
+        for group in opt.param_groups:  # cosine decay: the VAE trains in minutes
+            group["lr"] = cfg.vae_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+        images, _ = render_batch(cfg, step, cfg.vae_batch_size, stream=0)
+        images = images.to(opts.device)
+        with _autocast(opts):
+            posterior = vae.encode(images).latent_dist
+            recon = vae.decode(posterior.mean).sample
+        recon = recon.float()
+        mse = F.mse_loss(recon, images)
+        kl = posterior.kl().mean() / images[0].numel()
+        loss = mse + F.l1_loss(recon, images) + 1e-6 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-10))  # images span [-1, 1]: peak^2 = 4
+        rows.append({"step": step + 1, "loss": loss.item(), "psnr": psnr})
+        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.1f}")
+        if (step + 1) % opts.log_every == 0 or step + 1 == cfg.vae_steps:
+            _append_log(log_path, rows, ["step", "loss", "psnr"])
+            if on_log:
+                on_log({"vae_loss": rows[-1]["loss"], "vae_psnr": psnr, "step": step + 1})
+            rows = []
+        if (step + 1) % opts.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
+            save_training_state(ckpt, {"vae": vae}, {"vae": opt}, {"step": step + 1})
+    vae.eval()
+    return {"vae_steps": cfg.vae_steps}
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, cfg: DiffusionConfig, device: str, n_batches: int = 8) -> float:
+    """1 / std of the VAE's latents over rendered scenes (Stable Diffusion's 0.18215, for us)."""
+    latents = []
+    for i in range(n_batches):
+        images, _ = render_batch(cfg, i, 64, stream=2)
+        latents.append(vae.encode(images.to(device)).latent_dist.mean.float().cpu())
+    return float(1.0 / torch.cat(latents).std())
+
+
+def _tokenize(tokenizer, captions: list[str], device: str) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids.to(device)
+
+
+def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_dir: Path,
+               scaling_factor: float, on_log: Callable[[dict], None] | None = None) -> dict:
+    """Phase 2: UNet and text encoder jointly, epsilon-prediction MSE, EMA of both."""
+    vae, unet, text_encoder = components["vae"], components["unet"], components["text_encoder"]
+    tokenizer, noise_scheduler = components["tokenizer"], components["noise_scheduler"]
+    ckpt, log_path = work_dir / "unet_state.safetensors", work_dir / "unet_log.csv"
+    dev = opts.device
+    unet.to(dev).train()
+    text_encoder.to(dev).train()
+    vae.to(dev).eval().requires_grad_(False)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema_unet, ema_text = EMA(unet, cfg.ema_decay), EMA(text_encoder, cfg.ema_decay)
+    start = 0
+    if ckpt.exists():
+        start = load_training_state(
+            ckpt,
+            {"unet": unet, "text": text_encoder, "ema_unet": ema_unet.shadow, "ema_text": ema_text.shadow},
+            {"main": opt},
+        )["step"]
+        _truncate_log(log_path, start)
+    alphas = noise_scheduler.alphas_cumprod.to(dev)
+    rows: list[dict] = []
+    t0, seen = time.time(), 0
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="unet", mininterval=5)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, cfg)
+        images, captions = render_batch(cfg, step, cfg.batch_size, stream=1)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        with torch.no_grad(), _autocast(opts):
+            latents = vae.encode(images.to(dev)).latent_dist.mean.float() * scaling_factor
+        noise = torch.randn(latents.shape, generator=gen).to(dev)
+        timesteps = torch.randint(0, cfg.train_timesteps, (latents.shape[0],), generator=gen).to(dev)
+        a = alphas[timesteps].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        ids = _tokenize(tokenizer, captions, dev)
+        with _autocast(opts):
+            hidden = text_encoder(ids).last_hidden_state
+            pred = unet(noisy, timesteps, hidden).sample
+        loss = F.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema_unet.update(unet)
+        ema_text.update(text_encoder)
+        seen += latents.shape[0]
+        rows.append({"step": step + 1, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]})
+        if (step + 1) % opts.log_every == 0 or step + 1 == cfg.steps:
+            avg = sum(r["loss"] for r in rows) / len(rows)
+            rate = seen / (time.time() - t0)
+            bar.set_postfix(loss=f"{avg:.4f}", img_s=f"{rate:.1f}")
+            _append_log(log_path, rows, ["step", "loss", "lr"])
+            if on_log:
+                on_log({"unet_loss": avg, "images_per_s": rate, "step": step + 1})
+            rows = []
+        if (step + 1) % opts.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_training_state(
+                ckpt,
+                {"unet": unet, "text": text_encoder, "ema_unet": ema_unet.shadow, "ema_text": ema_text.shadow},
+                {"main": opt},
+                {"step": step + 1},
+            )
+    # Ship the EMA weights.
+    unet.load_state_dict(ema_unet.shadow)
+    text_encoder.load_state_dict(ema_text.shadow)
+    unet.eval()
+    text_encoder.eval()
+    return {"unet_steps": cfg.steps, "final_loss": _mean_tail(log_path)}
+
+
+def _mean_tail(log_path: Path, n: int = 200) -> float:
+    with log_path.open() as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f)][-n:]
+    return sum(losses) / max(len(losses), 1)
+
+
+def assemble_pipeline(components: dict, scaling_factor: float):
+    """The components as a diffusers StableDiffusionPipeline (no safety checker)."""
+    from diffusers import StableDiffusionPipeline
+
+    components["vae"].register_to_config(scaling_factor=scaling_factor)
+    return StableDiffusionPipeline(
+        vae=components["vae"],
+        text_encoder=components["text_encoder"],
+        tokenizer=components["tokenizer"],
+        unet=components["unet"],
+        scheduler=components["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def train_diffusion(cfg: DiffusionConfig, opts: RunOptions, out_dir: Path, work_dir: Path,
+                    on_log: Callable[[dict], None] | None = None) -> dict:
+    """Train the world's diffusion model (resuming from `work_dir`) and save it to `out_dir`.
+
+    Returns summary metrics. `work_dir` holds resumable safetensors states; a state written
+    for a different config is refused rather than silently mixed in.
+    """
+    if opts.num_threads:
+        torch.set_num_threads(opts.num_threads)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    fp_file, fp = work_dir / "config_fingerprint", fingerprint(asdict(cfg))
+    states = sorted(work_dir.glob("*_state.safetensors"))
+    if states and (not fp_file.exists() or fp_file.read_text().strip() != fp):
+        # The params changed since these states were written: they cannot be resumed.
+        print(f"world_diffusion: {work_dir} holds training state for other params; starting over")
+        for path in work_dir.iterdir():
+            path.unlink()
+    fp_file.write_text(fp)
+    components = build_components(cfg)
+    metrics = train_vae(components["vae"], cfg, opts, work_dir, on_log)
+    scaling = latent_scaling_factor(components["vae"], cfg, opts.device)
+    metrics.update(train_unet(components, cfg, opts, work_dir, scaling, on_log))
+    metrics["scaling_factor"] = scaling
+    pipe = assemble_pipeline({k: v.to("cpu") if hasattr(v, "to") and k != "tokenizer" else v
+                              for k, v in components.items()}, scaling)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return metrics

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny params and a temp project directory to run real stages in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tests run single-threaded: with 2 cores, torch's 2 threads crawl when anything else is busy.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def tiny_params() -> dict:
+    """The project's real params.yaml, shrunk to test size."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["world_data"].update(n_train=12, n_val=6)
+    params["prompts"].update(n=40)
+    return params
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp project root holding tiny params.yaml; stages run with cwd there, tracking off."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GROUNDIFF_TRACKING", "0")
+    return tmp_path
+
+
+def write_params(root: Path, params: dict) -> None:
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

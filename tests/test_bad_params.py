@@ -1,0 +1,65 @@
+"""Bad params give one clear error naming the key and the fix, and leave outputs untouched."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_params, write_params
+from groundiff.config import ParamsError
+from groundiff.stages import prompts
+from groundiff.stages.common import Params
+from groundiff.worlds.base import WorldError, make_split
+
+
+def _run(params, root, tmp_path):
+    write_params(root, params)
+    with pytest.raises((ParamsError, WorldError)) as err:
+        prompts.main()
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda p: p["shapes"]["splits"].update({1: ["ring", "hexagon"]}), "unknown class 'hexagon'"),
+        (lambda p: p["shapes"]["splits"].update({1: list(p["shapes"]["classes"])}), "no seen classes"),
+        (lambda p: p["prompts"].update(n=0), "n must be a positive"),
+        (lambda p: p["prompts"].update(n=-5), "n must be a positive"),
+        (lambda p: p["prompts"].update(n="many"), "prompts.n: expected an integer, got str 'many'"),
+        (lambda p: p["prompts"].update(two_object_prob="half"), "expected a number"),
+        (lambda p: p["prompts"].update(nn=3), "unknown key"),
+        (lambda p: p["world"].update(name="mars"), "unknown world 'mars'"),
+        (lambda p: p["world"].update(split=9), "world.split is 9"),
+        (lambda p: p["shapes"].update(classes=["circle", "hexagon"]), "cannot draw"),
+    ],
+)
+def test_bad_params_fail_clearly_and_touch_nothing(project, tmp_path, mutate, message):
+    prompts.main()
+    out = project / "data/prompts/train.csv"
+    before = out.read_bytes()
+    params = tiny_params()
+    mutate(params)
+    assert message in _run(params, project, tmp_path)
+    assert out.read_bytes() == before
+
+
+def test_seen_unseen_overlap_is_rejected():
+    with pytest.raises(WorldError, match="both seen and unseen: star"):
+        make_split("shapes", ["circle", "star", "ring"], unseen=["star"], seen=["circle", "star"])
+
+
+def test_malformed_yaml(project):
+    (project / "params.yaml").write_text("world: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        Params()
+
+
+def test_stage_cli_prints_one_line_and_exits_2(project):
+    params = tiny_params()
+    params["world"]["name"] = "mars"
+    write_params(project, params)
+    proc = subprocess.run([sys.executable, "-m", "groundiff.stages.prompts"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: params.yaml: world: unknown world 'mars'; choose one of shapes")
+    assert "Traceback" not in proc.stderr
