@@ -153,7 +153,7 @@ def build_components(cfg: DiffusionConfig) -> dict:
         up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
         cross_attention_dim=cfg.text_width,
         attention_head_dim=cfg.attention_heads,
-        norm_num_groups=16,
+        norm_num_groups=min(16, cfg.block_out_channels[0]),
     )
     schedule = dict(num_train_timesteps=cfg.train_timesteps, beta_schedule="squaredcos_cap_v2",
                     prediction_type="epsilon", clip_sample=False)

@@ -1,0 +1,102 @@
+"""Tiny versions of the world-model trainings: they run, resume exactly, save and load back."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from groundiff.diffusion.pipeline import SamplingConfig, generate, load_pipeline
+from groundiff.oracle import TorchvisionOracle
+from groundiff.worlds.fidelity import FidelityConfig, fidelity_metrics, fidelity_prompts, found
+from groundiff.oracle import Detections
+from groundiff.worlds.shapes import CLASSES
+from groundiff.worlds.shapes_diffusion import DiffusionConfig, RunOptions, train_diffusion
+from groundiff.worlds.shapes_detector import DetectorConfig, evaluate_mask_ap, train_detector
+
+TINY = DiffusionConfig(vae_steps=2, steps=4, batch_size=4, vae_batch_size=4, vae_channels=8,
+                       block_out_channels=(8, 16, 16), attention_heads=2, text_width=16, warmup_steps=1)
+OPTS = RunOptions(mixed_precision="no", checkpoint_every=2, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("diffusion")
+    train_diffusion(TINY, OPTS, root / "pipe", root / "work")
+    return root / "pipe"
+
+
+def test_saved_pipeline_loads_and_generates_deterministically(tiny_pipeline):
+    from diffusers import StableDiffusionPipeline
+
+    assert isinstance(StableDiffusionPipeline.from_pretrained(tiny_pipeline), StableDiffusionPipeline)
+    pipe = load_pipeline(tiny_pipeline)
+    cfg = SamplingConfig(steps=3, guidance_scale=3.0, batch_size=2)
+    prompts = ["a photograph of a star", "a photograph of a ring and a heart", "a photograph of a cross"]
+    a = generate(pipe, prompts, [1, 2, 3], cfg)
+    b = generate(pipe, prompts, [1, 2, 3], replace(cfg, batch_size=3))  # batch size must not matter
+    assert a.shape == (3, 32, 32, 3) and a.dtype == np.uint8
+    np.testing.assert_allclose(a.astype(int), b.astype(int), atol=1)
+    c = generate(pipe, prompts[:1], [4], cfg)
+    assert not np.array_equal(a[0], c[0])
+    assert pipe.tokenizer("a photograph of a hexagon").input_ids[5] == pipe.tokenizer.unk_token_id
+
+
+def test_diffusion_training_resumes_exactly(tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop_after_step_3(metrics):
+        if metrics["step"] == 3 and "unet_loss" in metrics:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_diffusion(TINY, OPTS, tmp_path / "a", tmp_path / "work_a", on_log=stop_after_step_3)
+    train_diffusion(TINY, OPTS, tmp_path / "a", tmp_path / "work_a")  # resumes from step 2
+    train_diffusion(TINY, OPTS, tmp_path / "b", tmp_path / "work_b")  # uninterrupted
+    from safetensors.torch import load_file
+
+    wa = load_file(tmp_path / "a/unet/diffusion_pytorch_model.safetensors")
+    wb = load_file(tmp_path / "b/unet/diffusion_pytorch_model.safetensors")
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6)
+    rows = (tmp_path / "work_a/unet_log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"], "resumed log has no duplicates"
+
+
+def test_detector_trains_saves_and_loads(project, tmp_path):
+    from groundiff.stages import world_data
+
+    world_data.main()
+    data = project / "data/shapes/real"
+    cfg = DetectorConfig(steps=2, batch_size=2, widths=(8, 16, 16), fpn_channels=16)
+    oracle = train_detector(data, CLASSES, cfg, tmp_path / "work")
+    oracle.save_pretrained(tmp_path / "det")
+    loaded = TorchvisionOracle.from_pretrained(tmp_path / "det", score_threshold=0.0)
+    oracle.score_threshold = 0.0
+    images = [np.full((32, 32, 3), 90, np.uint8), np.zeros((32, 32, 3), np.uint8)]
+    for a, b in zip(oracle.detect(images), loaded.detect(images)):
+        assert a.classes == b.classes
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    metrics = evaluate_mask_ap(loaded, data, "val")
+    assert 0.0 <= metrics["mask_ap50"] <= 1.0
+
+
+def test_missing_detector_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dvc repro world_detector"):
+        TorchvisionOracle.from_pretrained(tmp_path)
+
+
+def test_fidelity_counts_instances_with_multiplicity():
+    det = Detections(classes=["star", "ring", "star"], scores=np.array([0.9, 0.8, 0.3], np.float32),
+                     masks=np.zeros((3, 4, 4), bool))
+    assert found(det, ["star", "ring"], 0.5) == [True, True]
+    assert found(det, ["star", "star"], 0.5) == [True, False]  # the second star is not confident
+    table = fidelity_prompts(("star", "ring", "heart"), FidelityConfig(one_per_class=2, two_object=4))
+    assert len(table) == 10 and (table["n_objects"] == 2).sum() == 4
+    empty = Detections([], np.zeros(0, np.float32), np.zeros((0, 4, 4), bool))
+    metrics = fidelity_metrics(table, [det] * 10, ("star", "ring", "heart"), 0.5)
+    assert metrics["per_class"]["star"]["one_object_recall"] == 1.0
+    assert metrics["per_class"]["heart"]["one_object_recall"] == 0.0
+    assert fidelity_metrics(table, [empty] * 10, ("star", "ring", "heart"), 0.5)["one_object_recall"] == 0.0
