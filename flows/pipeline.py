@@ -1,0 +1,258 @@
+"""Prefect flow that runs the DVC pipeline stage by stage, under one MLflow parent run.
+
+Prefect does not re-implement stages: each task is `dvc repro --single-item <stage>`, so dvc.lock
+stays the record of what was built and an unchanged stage is skipped by DVC. Prefect adds
+scheduling, retries, logs and a UI; MLflow groups the stages' runs under one "prefect pipeline"
+parent whose id reaches each stage as env `GROUNDIFF_PARENT_RUN_ID`.
+
+Usage (from the project root):
+    python -m flows.pipeline                         # all stages, now; a temporary Prefect server
+    python -m flows.pipeline --stages prompts world_data
+    python -m flows.pipeline --force                 # re-run stages even if DVC says up to date
+    python -m flows.pipeline serve --cron "0 3 * * *"  # deployment "groundiff-nightly" (cron in UTC)
+
+`serve` needs a running server (`prefect server start`, then PREFECT_API_URL): a temporary one
+accepts the deployment but never schedules it. The runs start from this process, in --repo.
+
+Environment:
+    PREFECT_HOME     where Prefect keeps its database and settings (default ~/.prefect)
+    PREFECT_API_URL  use a running Prefect server (`prefect server start`) instead of a temporary one
+    PREFECT_SERVER_ANALYTICS_ENABLED is set to false here unless you set it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Mapping, Sequence
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+# Before importing prefect: its settings are read at import.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import yaml  # noqa: E402
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from groundiff import tracking  # noqa: E402
+
+OUTPUT_LINES_KEPT = 200  # dvc output returned by run_stage; the last 40 go into error messages
+ERROR_TAIL_LINES = 40
+
+
+def _env(parent_run_id: str | None = None) -> dict[str, str]:
+    """This process's env, with this interpreter's bin dir first on PATH and the parent run id.
+
+    The PATH entry makes `dvc` and the stages' `python -m groundiff.stages.x` resolve to this
+    virtualenv even when the flow was started without activating it (cron, a service manager).
+    """
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("PYTHONUNBUFFERED", "1")  # stage output reaches the Prefect log as it happens
+    if parent_run_id:
+        env[tracking.PARENT_ENV] = parent_run_id
+    return env
+
+
+def _dvc(env: Mapping[str, str]) -> str:
+    exe = shutil.which("dvc", path=env.get("PATH"))
+    if exe is None:
+        raise FileNotFoundError(
+            f"dvc not found on PATH or next to {sys.executable}: "
+            "install the project with `pip install -e .` (it depends on dvc)."
+        )
+    return exe
+
+
+# --------------------------------------------------------------------------- stage names
+
+
+def stage_names(dvc_yaml: Path | str) -> list[str]:
+    """Stage names in dvc.yaml order, `foreach`/`matrix` stages expanded as DVC names them.
+
+    Asks `dvc stage list --name-only` (the truth); parses the YAML only where dvc cannot answer
+    (dvc missing, or the folder is not a DVC repository yet).
+    """
+    dvc_yaml = Path(dvc_yaml).resolve()
+    if not dvc_yaml.is_file():
+        raise FileNotFoundError(f"{dvc_yaml} not found: pass the project's dvc.yaml (or run from its root).")
+    env = _env()
+    try:
+        listed = subprocess.run(
+            [_dvc(env), "stage", "list", "--name-only", dvc_yaml.name],
+            cwd=dvc_yaml.parent, env=env, capture_output=True, text=True, check=True,
+        )
+    except (FileNotFoundError, subprocess.CalledProcessError):
+        return _parse_stage_names(dvc_yaml)
+    return [line.strip() for line in listed.stdout.splitlines() if line.strip()]
+
+
+def _parse_stage_names(dvc_yaml: Path) -> list[str]:
+    """Fallback for `stage_names`: DVC's naming rules applied to the YAML (see dvc.parsing)."""
+    data = yaml.safe_load(dvc_yaml.read_text()) or {}
+    variables = _vars(dvc_yaml.parent, data.get("vars"))
+    names: list[str] = []
+    for name, stage in (data.get("stages") or {}).items():
+        if "foreach" in stage:
+            names += [f"{name}@{key}" for key in _foreach_keys(_resolve(stage["foreach"], variables, name))]
+        elif "matrix" in stage:
+            axes = {k: _resolve(v, variables, name) for k, v in stage["matrix"].items()}
+            names += [f"{name}@{key}" for key in _matrix_keys(axes)]
+        else:
+            names.append(name)
+    return names
+
+
+def _vars(folder: Path, declared: Any) -> dict[str, Any]:
+    """params.yaml (DVC's default vars) merged with inline `vars:` mappings."""
+    params = folder / "params.yaml"
+    variables = dict(yaml.safe_load(params.read_text()) or {}) if params.is_file() else {}
+    for entry in declared or []:
+        if isinstance(entry, Mapping):
+            variables.update(entry)
+    return variables
+
+
+def _resolve(value: Any, variables: Mapping[str, Any], stage: str) -> Any:
+    """`${a.b}` looked up in the vars; anything else returned as is."""
+    match = re.fullmatch(r"\$\{\s*([^}]+?)\s*\}", value) if isinstance(value, str) else None
+    if match is None:
+        return value
+    node: Any = variables
+    for part in match.group(1).split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(f"stage {stage!r}: {value} is not in params.yaml or the stage's vars")
+        node = node[part]
+    return node
+
+
+def _key(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _is_composite(value: Any) -> bool:
+    return isinstance(value, (Mapping, list, tuple))
+
+
+def _foreach_keys(iterable: Any) -> list[str]:
+    if isinstance(iterable, Mapping):
+        return [_key(k) for k in iterable]
+    if any(map(_is_composite, iterable)):  # a list of dicts/lists is keyed by index
+        return [str(i) for i in range(len(iterable))]
+    return [_key(v) for v in iterable]
+
+
+def _matrix_keys(axes: Mapping[str, Sequence[Any]]) -> list[str]:
+    labelled = [[f"{axis}{i}" if _is_composite(v) else _key(v) for i, v in enumerate(values)]
+                for axis, values in axes.items()]
+    return ["-".join(combination) for combination in product(*labelled)]
+
+
+def select_stages(dvc_yaml: Path, stages: Sequence[str] | None = None) -> list[str]:
+    """`stages` checked against dvc.yaml (a foreach group name like `synth` is fine), else all.
+
+    Checked before anything runs, so a typo fails in a second, not after an hour of earlier stages.
+    """
+    known = stage_names(dvc_yaml)
+    if not stages:
+        return known
+    groups = {name.split("@", 1)[0] for name in known}  # `dvc repro synth` runs every synth@*
+    unknown = [s for s in stages if s not in known and s not in groups]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown} in {dvc_yaml}; it has: {', '.join(known)}")
+    return list(stages)
+
+
+# --------------------------------------------------------------------------- task and flow
+
+
+@task(retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="dvc repro {stage}")
+def run_stage(stage: str, repo: str, parent_run_id: str | None = None, force: bool = False) -> str:
+    """`dvc repro --single-item <stage>` in repo, its output streamed to the Prefect log.
+
+    Returns the last lines of dvc's output; raises with them when dvc fails. No Prefect cache
+    (NO_CACHE): DVC decides whether the stage is up to date, from dvc.lock.
+    """
+    logger = get_run_logger()
+    env = _env(parent_run_id)
+    cmd = [_dvc(env), "repro", "--single-item", *(["--force"] if force else []), stage]
+    logger.info("$ %s  (in %s)", shlex.join(["dvc", *cmd[1:]]), repo)
+    kept: deque[str] = deque(maxlen=OUTPUT_LINES_KEPT)
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace", bufsize=1)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                logger.info(line)
+                kept.append(line)
+        proc.wait()
+    except BaseException:  # cancelled or interrupted: don't leave dvc running (and holding its lock)
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    if proc.returncode != 0:
+        tail = "\n".join(list(kept)[-ERROR_TAIL_LINES:])
+        raise RuntimeError(f"`dvc repro --single-item {stage}` exited with {proc.returncode} in {repo}; "
+                           f"last lines of its output:\n{tail}")
+    return "\n".join(kept)
+
+
+@flow(name="groundiff-pipeline")
+def pipeline(stages: list[str] | None = None, repo: str = ".", force: bool = False) -> list[str]:
+    """Run `stages` (default: all of dvc.yaml, in order) one after another; return their names.
+
+    One MLflow run "prefect pipeline" is the parent of every stage's run. A stage that still fails
+    after its retry stops the flow; the stages after it do not run.
+    """
+    logger = get_run_logger()
+    root = Path(repo).resolve()
+    selected = select_stages(root / "dvc.yaml", stages)
+    logger.info("stages: %s", ", ".join(selected))
+    with tracking.pipeline_run("prefect pipeline", root=root, tags={"groundiff.launcher": "prefect"}) as parent_id:
+        if parent_id:
+            logger.info("MLflow parent run %s in %s", parent_id, tracking.tracking_uri(root))
+        for stage in selected:  # plain calls: each stage starts when the previous one finished
+            run_stage(stage, str(root), parent_run_id=parent_id, force=force)
+    return selected
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", nargs="?", choices=["run", "serve"], default="run",
+                        help="run the pipeline now (default), or serve a scheduled deployment")
+    parser.add_argument("--stages", nargs="+", metavar="STAGE", help="stages to run, in this order (default: all)")
+    parser.add_argument("--repo", default=str(tracking.project_root()), help="project root (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="re-run stages even if DVC says they are up to date")
+    parser.add_argument("--cron", default="0 3 * * *", help="serve: cron schedule, UTC (default: %(default)r)")
+    parser.add_argument("--name", default="groundiff-nightly", help="serve: deployment name (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        from prefect.settings import get_current_settings
+
+        if not get_current_settings().api.url:  # a temporary server accepts the deployment but never schedules it
+            parser.error("serve needs a running Prefect server for its schedule: start one with "
+                         "`prefect server start`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`")
+        pipeline.serve(name=args.name, cron=args.cron,
+                       parameters={"stages": args.stages, "repo": args.repo, "force": args.force})
+    else:
+        pipeline(stages=args.stages, repo=args.repo, force=args.force)
+
+
+if __name__ == "__main__":
+    main()
