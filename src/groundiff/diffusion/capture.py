@@ -68,13 +68,16 @@ class FeatureCapture:
 
     capture_call: 0-based index of the UNet call (= denoising step) to record; with N DDIM steps,
     the paper's "t" (steps counted from the end, 1 = final step) is call N - t.
+    record_features: False records only the capture-step latent and timestep (all that
+    synthesis stores), at no memory cost.
     """
 
-    def __init__(self, unet: nn.Module, capture_call: int) -> None:
+    def __init__(self, unet: nn.Module, capture_call: int, record_features: bool = True) -> None:
         if capture_call < 0:
             raise ValueError(f"capture_call must be >= 0, got {capture_call}")
         self.unet = unet
         self.capture_call = capture_call
+        self.record_features = record_features  # False: only the latent and timestep (synthesis)
         self.specs: list[FeatureSpec] = feature_specs(unet.config)
         self.modules = capture_modules(unet)
         if len(self.modules) != len(self.specs):
@@ -92,8 +95,9 @@ class FeatureCapture:
         self._calls, self.features, self.latents, self.timestep = 0, [], None, None
         self._handles.append(self.unet.register_forward_pre_hook(self._pre_unet, with_kwargs=True))
         self._handles.append(self.unet.register_forward_hook(self._post_unet))
-        for module in self.modules:
-            self._handles.append(module.register_forward_hook(self._record))
+        if self.record_features:
+            for module in self.modules:
+                self._handles.append(module.register_forward_hook(self._record))
         return self
 
     def __exit__(self, *exc) -> None:

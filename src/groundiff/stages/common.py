@@ -80,6 +80,23 @@ class Params:
                           where=f"params.yaml: shapes.splits.{self.world.split}")
 
 
+#: Where the shapes world's models live (shipped in git, written by the world_* stages).
+SHAPES_PIPELINE = Path("worlds/shapes/diffusion")
+SHAPES_DETECTOR = Path("worlds/shapes/detector")
+
+
+def world_pipeline(params: "Params") -> str:
+    """The diffusers pipeline (folder or hub id) of the active world."""
+    params.class_split()  # validates the world
+    return str(SHAPES_PIPELINE)
+
+
+def world_detector(params: "Params") -> str:
+    """The oracle detector folder of the active world."""
+    params.class_split()
+    return str(SHAPES_DETECTOR)
+
+
 def project_path(path: str | Path, root: Path | None = None) -> Path:
     """Resolve a path from params relative to the project root and refuse ones that escape it."""
     root = (root or Path.cwd()).resolve()
