@@ -52,3 +52,18 @@ def test_stages_are_deterministic(project):
     prompts.main()
     assert (project / "data/prompts/train.csv").read_bytes() == first
     assert (project / "data/shapes/real/SegmentationClass/val_000003.png").read_bytes() == label
+
+
+def test_full_labels_and_load_time_ignore(project):
+    world_data.main()
+    root = project / "data/shapes/real"
+    seen_only = {i: lab for i, _, lab in read_split(root, "train")}
+    for image_id, _, full in read_split(root, "train", labels="SegmentationClassFull"):
+        hidden = seen_only[image_id] == IGNORE
+        assert set(np.unique(full[hidden])) <= {2, 7, 9}  # ignored pixels are exactly the unseen ones
+        assert (full[~hidden] == seen_only[image_id][~hidden]).all()
+        # the VOC-world path: hide unseen labels at load time
+        masked = np.where(np.isin(full, (2, 7, 9)), IGNORE, full)
+        assert (masked == seen_only[image_id]).all()
+    via_loader = {i: lab for i, _, lab in read_split(root, "train", labels="SegmentationClassFull", ignore_labels=(2, 7, 9))}
+    assert all((via_loader[i] == seen_only[i]).all() for i in seen_only)

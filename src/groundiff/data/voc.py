@@ -70,6 +70,11 @@ class VOCWriter:
         save_label_png(self.root / "SegmentationClass" / f"{image_id}.png", label)
         self.splits.setdefault(split, []).append(image_id)
 
+    def add_labels(self, label_dir: str, image_id: str, label: np.ndarray) -> None:
+        """An extra label map for an existing image, in another folder (e.g. fully labelled train)."""
+        (self.root / label_dir).mkdir(exist_ok=True)
+        save_label_png(self.root / label_dir / f"{image_id}.png", label)
+
     def close(self) -> None:
         for split, ids in self.splits.items():
             (self.root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
@@ -85,10 +90,18 @@ def split_ids(root: Path, split: str) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def read_split(root: Path, split: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Yield (id, image (H, W, 3) uint8, label (H, W) uint8) for every sample of a split."""
+def read_split(root: Path, split: str, labels: str = "SegmentationClass",
+               ignore_labels: tuple[int, ...] = ()) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Yield (id, image (H, W, 3) uint8, label (H, W) uint8) for every sample of a split.
+
+    labels: the label folder; ignore_labels: labels mapped to 255 on load — how zero-shot
+    training hides unseen classes in datasets (like VOC) that label every class on disk.
+    """
     root = Path(root)
     for image_id in split_ids(root, split):
         with Image.open(root / "JPEGImages" / f"{image_id}.jpg") as img:
             image = np.array(img.convert("RGB"))
-        yield image_id, image, load_label_png(root / "SegmentationClass" / f"{image_id}.png")
+        label = load_label_png(root / labels / f"{image_id}.png")
+        if ignore_labels:
+            label = np.where(np.isin(label, ignore_labels), IGNORE, label).astype(np.uint8)
+        yield image_id, image, label

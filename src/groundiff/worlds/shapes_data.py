@@ -2,7 +2,8 @@
 
 `val` labels every class (Protocol II evaluates seen and unseen classes on it). `train` labels
 only seen classes: unseen pixels are 255 (ignore), as in zero-shot semantic segmentation, where
-training images may show unseen objects but never their labels. The COCO instance files label
+training images may show unseen objects but never their labels. `SegmentationClassFull/` holds
+the train split with every class labelled, used only by the `real_all` upper-bound reference. The COCO instance files label
 every class: they train and evaluate the oracle detector, the analogue of a COCO-80 Mask R-CNN,
 which knows the whole vocabulary.
 """
@@ -20,6 +21,9 @@ from groundiff.data.coco import COCOWriter
 from groundiff.data.voc import IGNORE, VOCWriter
 from groundiff.worlds.base import ClassSplit
 from groundiff.worlds.shapes import SceneSpec, render_scene
+
+#: Label folder of the train split with every class labelled (only for the `real_all` reference).
+FULL_LABELS = "SegmentationClassFull"
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ def write_real_dataset(root: Path, split: ClassSplit, cfg: WorldDataConfig) -> d
     """Render and write train/val; returns per-split statistics (images, instances, pixel shares)."""
     spec = SceneSpec(image_size=cfg.image_size, min_objects=cfg.min_objects, max_objects=cfg.max_objects)
     vocabulary = split.classes
+    label_of = {c: split.label(c) for c in vocabulary}
     voc = VOCWriter(root)
     stats: dict[str, dict] = {}
     for name, count in (("train", cfg.n_train), ("val", cfg.n_val)):
@@ -65,6 +70,8 @@ def write_real_dataset(root: Path, split: ClassSplit, cfg: WorldDataConfig) -> d
                 ignored += int(mask.sum()) if hidden else 0
             image_id = f"{name}_{i:06d}"
             voc.add(name, image_id, scene.image, label)
+            if name == "train":  # the oracle reference (`real_all`): every class labelled
+                voc.add_labels(FULL_LABELS, image_id, scene.label_map(label_of))
             coco.add(f"{image_id}.jpg", scene.masks, scene.classes)
         coco.dump(root / "annotations" / f"instances_{name}.json")
         total = count * cfg.image_size**2
