@@ -1,0 +1,202 @@
+"""The synthetic semantic-segmentation dataset: diffusion + grounding module, every class labelled.
+
+Prompts name classes from the *whole* vocabulary — seen and unseen — and the grounding module
+labels each generated image: a pixel takes the prompted class with the highest probability,
+background where no prompted class is confident (`threshold`), and 255 (ignore) where the best
+class is only half-confident (`ignore_below` <= p < `threshold`; off by default).
+
+The output is a PASCAL VOC-layout folder, so the segmenter reads it exactly like real data:
+
+    <root>/JPEGImages/  SegmentationClass/  ImageSets/Segmentation/{one,two,complicated}.txt
+
+Work is sharded: a shard is finished when its marker `shards/shard_XXXXX.json` exists, the split
+lists are rebuilt from the markers, so a killed run resumes and never lists half-written files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from groundiff.checkpoint import write_text_atomic
+from groundiff.data.prompts import CLASS_SEP, row_seed
+from groundiff.data.voc import IGNORE, save_label_png
+from groundiff.diffusion.capture import FeatureCapture, capture_call_for
+from groundiff.diffusion.pipeline import SamplingConfig, generate
+from groundiff.diffusion.text import class_embeddings
+from groundiff.worlds.base import ClassSplit
+
+KINDS = ("one", "two", "complicated")
+
+
+@dataclass(frozen=True)
+class SynthDatasetConfig:
+    seed: int = 7  # its own prompt stream, apart from training and test prompts
+    n_one: int = 1000  # one-object prompts (Model A)
+    n_two: int = 1000  # two-object prompts (Model B; A+B = the mixture, Model C)
+    n_complicated: int = 500  # richer prompts (Model E)
+    threshold: float = 0.5  # background where no prompted class has sigmoid(logit) >= threshold
+    ignore_below: float = 0.5  # 255 where the best class has ignore_below <= p < threshold
+    capture_t: int = 1  # the grounding module's capture step (as in synthesize)
+    template_one: str = "a photograph of a {}"
+    template_two: str = "a photograph of a {} and a {}"
+    # Complicated prompts: each class gets an attribute, and the scene a context, e.g.
+    # "a photograph of a red star and a blue ring on a gray background".
+    attributes: list[str] = field(default_factory=list)
+    contexts: list[str] = field(default_factory=list)
+    grounding_template: str = "a photograph of a {}"  # how class embeddings are made (training's)
+    shard_size: int = 100
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        if min(self.n_one, self.n_two, self.n_complicated) < 0 or self.n_one + self.n_two + self.n_complicated == 0:
+            raise ValueError("n_one, n_two, n_complicated must be >= 0 and not all zero")
+        if not 0.0 < self.ignore_below <= self.threshold < 1.0:
+            raise ValueError(f"need 0 < ignore_below <= threshold < 1, got {self.ignore_below}, {self.threshold}")
+        if self.shard_size <= 0:
+            raise ValueError(f"shard_size must be positive, got {self.shard_size}")
+        capture_call_for(self.sampling.steps, self.capture_t)
+
+
+def synth_prompts(classes: tuple[str, ...], cfg: SynthDatasetConfig) -> pd.DataFrame:
+    """Columns: index, kind, prompt, classes ('|'-joined), seed. Classes uniform over the vocabulary."""
+    rng = np.random.default_rng(cfg.seed)
+    rows = []
+
+    def pick(k: int) -> list[str]:
+        return [classes[i] for i in rng.integers(len(classes), size=k)]
+
+    for _ in range(cfg.n_one):
+        (c,) = pick(1)
+        rows.append(("one", cfg.template_one.format(c), [c]))
+    for _ in range(cfg.n_two):
+        a, b = pick(2)
+        rows.append(("two", cfg.template_two.format(a, b), [a, b]))
+    for _ in range(cfg.n_complicated):
+        names = pick(int(rng.integers(1, 3)))
+        parts = []
+        for name in names:
+            attr = cfg.attributes[rng.integers(len(cfg.attributes))] + " " if cfg.attributes else ""
+            parts.append(f"{attr}{name}")
+        prompt = "a photograph of a " + " and a ".join(parts)
+        if cfg.contexts:
+            prompt += " " + cfg.contexts[rng.integers(len(cfg.contexts))]
+        rows.append(("complicated", prompt, names))
+    table = pd.DataFrame(rows, columns=["kind", "prompt", "class_list"])
+    table.insert(0, "index", range(len(table)))
+    table["classes"] = table.pop("class_list").map(CLASS_SEP.join)
+    table["seed"] = [row_seed(cfg.seed, i) for i in range(len(table))]
+    return table
+
+
+def label_map(logits: torch.Tensor, labels: list[int], threshold: float, ignore_below: float) -> np.ndarray:
+    """(K, H, W) logits of the prompted classes -> (H, W) uint8 label map.
+
+    argmax over prompted classes; 0 where the best probability < ignore_below; 255 where it is in
+    [ignore_below, threshold). A class prompted twice simply has two rows with the same label.
+    """
+    probs = torch.sigmoid(logits.float())  # (K, H, W)
+    best_p, best = probs.max(0)
+    out = torch.as_tensor(labels, dtype=torch.uint8)[best]
+    out[best_p < threshold] = IGNORE
+    out[best_p < ignore_below] = 0
+    return out.numpy()
+
+
+def _fingerprint(table: pd.DataFrame, cfg: SynthDatasetConfig, model_ids: list[str]) -> str:
+    payload = json.dumps({"cfg": asdict(cfg), "models": model_ids, "rows": table[["prompt", "seed"]].values.tolist()},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def write_split_lists(root: Path) -> dict[str, int]:
+    """Rebuild ImageSets/Segmentation/<kind>.txt from the finished shards' markers."""
+    ids: dict[str, list[str]] = {k: [] for k in KINDS}
+    for marker in sorted((root / "shards").glob("shard_*.json")):
+        for image_id, kind in json.loads(marker.read_text())["samples"]:
+            ids[kind].append(image_id)
+    lists = root / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True, exist_ok=True)
+    for kind, names in ids.items():
+        write_text_atomic(lists / f"{kind}.txt", "".join(f"{n}\n" for n in names))
+    return {k: len(v) for k, v in ids.items()}
+
+
+@torch.no_grad()
+def make_shard(pipe, module, rows: pd.DataFrame, split: ClassSplit, cfg: SynthDatasetConfig,
+               embeddings: dict[str, torch.Tensor], root: Path, shard: int) -> dict:
+    """Generate, ground and write one shard; returns its class pixel counts."""
+    call = capture_call_for(cfg.sampling.steps, cfg.capture_t)
+    device = next(module.parameters()).device
+    samples, pixels = [], {}
+    for i in range(0, len(rows), cfg.sampling.batch_size):
+        chunk = rows.iloc[i:i + cfg.sampling.batch_size]
+        with FeatureCapture(pipe.unet, call) as cap:
+            images = generate(pipe, list(chunk["prompt"]), list(chunk["seed"]), cfg.sampling)
+        features = [f.to(device) for f in cap.result()]
+        names = [c.split(CLASS_SEP) for c in chunk["classes"]]
+        k_max = max(len(n) for n in names)
+        emb = torch.zeros(len(chunk), k_max, next(iter(embeddings.values())).shape[-1], device=device)
+        mask = torch.zeros(len(chunk), k_max, dtype=torch.bool, device=device)
+        for b, sample_names in enumerate(names):
+            for k, name in enumerate(sample_names):
+                emb[b, k], mask[b, k] = embeddings[name], True
+        logits = module(features, emb, mask)  # (B, K, S, S)
+        for b, (row, image) in enumerate(zip(chunk.itertuples(index=False), images)):
+            k = len(names[b])
+            lab = label_map(logits[b, :k], [split.label(n) for n in names[b]], cfg.threshold, cfg.ignore_below)
+            image_id = f"synth_{int(row.index):06d}"
+            Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95, subsampling=0)
+            save_label_png(root / "SegmentationClass" / f"{image_id}.png", lab)
+            samples.append((image_id, row.kind))
+            for value, count in zip(*np.unique(lab, return_counts=True)):
+                pixels[int(value)] = pixels.get(int(value), 0) + int(count)
+    write_text_atomic(root / "shards" / f"shard_{shard:05d}.json",
+                      json.dumps({"samples": samples, "pixels": pixels}))
+    return pixels
+
+
+def synth_dataset(pipe, module, split: ClassSplit, cfg: SynthDatasetConfig, root: Path,
+                  model_ids: list[str], shards: list[int] | None = None) -> dict:
+    """Build (or resume) the dataset under `root`; returns statistics."""
+    table = synth_prompts(split.classes, cfg)
+    fp = _fingerprint(table, cfg, model_ids)
+    marker = root / "synth_dataset.json"
+    if root.exists() and (not marker.is_file() or json.loads(marker.read_text())["fingerprint"] != fp):
+        shutil.rmtree(root)  # made with other params or models: nothing to resume
+    for sub in ("JPEGImages", "SegmentationClass", "shards"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"fingerprint": fp}) + "\n")
+    embeddings = dict(zip(split.classes, class_embeddings(pipe, split.classes, cfg.grounding_template)))
+    n_shards = math.ceil(len(table) / cfg.shard_size)
+    todo = range(n_shards) if shards is None else shards
+    resumed = 0
+    for s in tqdm(todo, desc="synth_dataset shards", mininterval=5):
+        if (root / "shards" / f"shard_{s:05d}.json").is_file():
+            resumed += 1
+            continue
+        make_shard(pipe, module, table.iloc[s * cfg.shard_size:(s + 1) * cfg.shard_size], split, cfg,
+                   embeddings, root, s)
+    counts = write_split_lists(root)
+    pixels: dict[int, int] = {}
+    for m in (root / "shards").glob("shard_*.json"):
+        for value, count in json.loads(m.read_text())["pixels"].items():
+            pixels[int(value)] = pixels.get(int(value), 0) + count
+    total = max(sum(pixels.values()), 1)
+    names = {0: "background", IGNORE: "ignore", **{split.label(c): c for c in split.classes}}
+    return {
+        "images": counts,
+        "shards": n_shards,
+        "resumed_shards": resumed,
+        "pixel_share": {names[v]: round(c / total, 5) for v, c in sorted(pixels.items())},
+    }
