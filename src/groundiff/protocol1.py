@@ -1,0 +1,340 @@
+"""Protocol I: how well are objects grounded in generated images? (The paper's Table 1.)
+
+Test prompts fall into five categories over the world's seen/unseen split:
+
+    one_seen         "a photograph of a {seen}"
+    one_unseen       "a photograph of a {unseen}"
+    two_seen         "a photograph of a {seen} and a {seen}"       two distinct seen classes
+    two_seen_unseen  "a photograph of a {seen} and a {unseen}"     in random order
+    two_unseen       "a photograph of a {unseen} and a {unseen}"   two distinct unseen classes
+
+The prompt set is seeded by its own stream (`EvalConfig.seed`, never the training prompts'
+`prompts.seed`), so no (prompt, seed) pair of the training table comes back at test time. Each
+category's rows depend only on (seed, category, row), so a larger `per_category` extends a
+category without changing its first rows.
+
+Every batch is generated ONCE with both hooks active — `FeatureCapture` (the UNet features at
+the capture step, for the grounding module) and `DAAMTrace` (cross-attention over all steps, for
+the DAAM baseline); neither changes the images. The oracle then labels those very images: the
+top-scoring instance of each prompted class is the ground truth (the paper's target). A
+prompted class the oracle misses is excluded from BOTH methods' mIoU and counted; so both
+methods are scored on exactly the same (image, class) pairs.
+
+    ours: sigmoid(grounding logits) > mask_threshold (0.5)
+    DAAM: min-max normalised heat map > daam_threshold (0.4)
+    mIoU: mean IoU over a category's (image, class) pairs, in percent (see `groundiff.metrics`)
+
+The authors released neither this evaluation code nor their PASCAL-sim / COCO-sim test sets;
+the settings above are this project's documented choices (PAPER.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from groundiff.data.prompts import CLASS_SEP, class_list
+from groundiff.diffusion.capture import FeatureCapture, capture_call_for
+from groundiff.diffusion.daam import DAAMTrace
+from groundiff.diffusion.pipeline import SamplingConfig, generate, image_size
+from groundiff.diffusion.text import class_embeddings
+from groundiff.figures import captioned_grid, overlay
+from groundiff.metrics import mean_iou, pairwise_iou
+from groundiff.worlds.base import ClassSplit
+
+#: Table 1's columns, in the paper's order.
+CATEGORIES: tuple[str, ...] = ("one_seen", "one_unseen", "two_seen", "two_seen_unseen", "two_unseen")
+CATEGORY_LABELS = {
+    "one_seen": "one seen", "one_unseen": "one unseen", "two_seen": "two seen",
+    "two_seen_unseen": "two seen+unseen", "two_unseen": "two unseen",
+}
+METHODS: tuple[str, ...] = ("ours", "daam")
+
+#: PAPER.md, Protocol I: PASCAL-sim mIoU (%), Stable Diffusion v1 + VOC classes, mean of 3 splits.
+PAPER_PASCAL_SIM = {
+    "daam": dict(zip(CATEGORIES, (64.84, 62.90, 48.21, 49.19, 50.95))),
+    "ours": dict(zip(CATEGORIES, (90.30, 83.08, 79.10, 67.86, 55.74))),
+}
+
+PAIR_COLUMNS = ["index", "category", "prompt", "seed", "k", "class", "seen", "found", "score",
+                "iou_ours", "iou_daam"]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """params.yaml `eval_grounding`: the Protocol I test set and how it is scored."""
+
+    seed: int = 2023  # the test prompts' own seed stream; must differ from the training prompts' seed
+    per_category: int = 80  # test images per category (five categories)
+    # the paper samples test images with guidance 7.5 (5.0 for training data), DDIM eta 0
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(guidance_scale=7.5))
+    capture_t: int = 1  # feature step counted from the end: 1 = final (released code), 5 = paper's best
+    mask_threshold: float = 0.5  # ours: pixel in the mask when sigmoid(logit) > this
+    daam_threshold: float = 0.4  # DAAM: pixel in the mask when the normalised heat map > this
+    oracle_score_threshold: float = 0.05  # a prompted class counts as found from this detector score on
+    examples_per_category: int = 2  # (image, class) pairs per category kept for the overlay figure
+    template_one: str = "a photograph of a {}"
+    template_two: str = "a photograph of a {} and a {}"
+
+    def __post_init__(self) -> None:
+        if self.per_category <= 0:
+            raise ValueError(f"per_category must be a positive number of images, got {self.per_category}")
+        if self.examples_per_category < 0:
+            raise ValueError(f"examples_per_category must be >= 0, got {self.examples_per_category}")
+        for name in ("mask_threshold", "daam_threshold", "oracle_score_threshold"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.template_one.count("{}") != 1 or self.template_two.count("{}") != 2:
+            raise ValueError("template_one needs one '{}' and template_two two '{}' placeholders")
+        capture_call_for(self.sampling.steps, self.capture_t)  # 1 <= capture_t <= steps
+
+
+# --- 1. the test prompts ----------------------------------------------------------------------
+
+
+def _row_seed(seed: int, category: int, row: int) -> int:
+    """A 31-bit generation seed for row `row` of category `category` (own stream per category)."""
+    return int(np.random.SeedSequence([seed, category, row]).generate_state(1)[0] >> 1)
+
+
+def _draw(category: str, row: int, split: ClassSplit, rng: np.random.Generator) -> list[str]:
+    seen, unseen = split.seen, split.unseen
+    if category == "one_seen":
+        return [seen[row % len(seen)]]  # cycle: every class equally often
+    if category == "one_unseen":
+        return [unseen[row % len(unseen)]]
+    if category == "two_seen":
+        return [seen[i] for i in rng.choice(len(seen), size=2, replace=False)]
+    if category == "two_unseen":
+        return [unseen[i] for i in rng.choice(len(unseen), size=2, replace=False)]
+    pair = [seen[rng.integers(len(seen))], unseen[rng.integers(len(unseen))]]
+    return pair[::-1] if rng.random() < 0.5 else pair  # the unseen class first half the time
+
+
+def protocol1_prompts(split: ClassSplit, cfg: EvalConfig) -> pd.DataFrame:
+    """The test set: columns index, category, prompt, classes ('|'-joined), n_objects, seed."""
+    if len(split.seen) < 2 or len(split.unseen) < 2:
+        raise ValueError(
+            f"Protocol I needs at least two seen and two unseen classes (two distinct classes per "
+            f"two-object prompt); the {split.world} split has seen {list(split.seen)}, unseen {list(split.unseen)}"
+        )
+    rows = []
+    for c, category in enumerate(CATEGORIES):
+        rng = np.random.default_rng([cfg.seed, c])
+        for j in range(cfg.per_category):
+            names = _draw(category, j, split, rng)
+            template = cfg.template_one if len(names) == 1 else cfg.template_two
+            rows.append((category, template.format(*names), CLASS_SEP.join(names), len(names),
+                         _row_seed(cfg.seed, c, j)))
+    table = pd.DataFrame(rows, columns=["category", "prompt", "classes", "n_objects", "seed"])
+    table.insert(0, "index", range(len(table)))
+    return table
+
+
+# --- 2. evaluation ----------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    """One scored (image, class) pair, kept for figures."""
+
+    category: str
+    prompt: str
+    class_name: str
+    seen: bool
+    image: np.ndarray  # (H, W, 3) uint8
+    oracle: np.ndarray  # (H, W) bool: the ground truth
+    ours: np.ndarray  # (H, W) bool
+    daam: np.ndarray  # (H, W) bool
+    iou_ours: float
+    iou_daam: float
+
+
+@dataclass
+class Protocol1Result:
+    metrics: dict[str, dict[str, float | None]]  # {"ours"|"daam": {category: mIoU %}}; None: no pair
+    counts: dict[str, dict[str, int]]  # {category: images, pairs, evaluated, oracle_missed}
+    per_class: dict[str, dict]  # {"ours"|"daam": {class: mIoU %}, "evaluated"|"oracle_missed": {class: n}}
+    pairs: pd.DataFrame  # one row per (image, prompted class): PAIR_COLUMNS
+    examples: list[Example]
+
+    def details(self) -> dict:
+        """What metrics/protocol1_details.json holds: counts and per-class mIoU."""
+        return {"counts": self.counts, "per_class": self.per_class}
+
+
+def _percent(values) -> float | None:
+    value = mean_iou(values)
+    return None if np.isnan(value) else round(100 * value, 4)
+
+
+def summarise(pairs: pd.DataFrame, classes: tuple[str, ...]) -> tuple[dict, dict, dict]:
+    """(metrics, counts, per_class) from the pair table; only found pairs are scored."""
+    found = pairs[pairs["found"]]
+    metrics = {m: {c: _percent(found.loc[found["category"] == c, f"iou_{m}"]) for c in CATEGORIES} for m in METHODS}
+    counts = {}
+    for c in CATEGORIES:
+        rows = pairs[pairs["category"] == c]
+        counts[c] = {"images": int(rows["index"].nunique()), "pairs": len(rows),
+                     "evaluated": int(rows["found"].sum()), "oracle_missed": int((~rows["found"]).sum())}
+    per_class: dict[str, dict] = {m: {k: _percent(found.loc[found["class"] == k, f"iou_{m}"]) for k in classes}
+                                  for m in METHODS}
+    per_class["evaluated"] = {k: int((found["class"] == k).sum()) for k in classes}
+    per_class["oracle_missed"] = {k: int(((pairs["class"] == k) & ~pairs["found"]).sum()) for k in classes}
+    return metrics, counts, per_class
+
+
+@torch.no_grad()
+def _grounding_masks(model, features: list[torch.Tensor], embeddings: torch.Tensor, names: list[list[str]],
+                     index_of: dict[str, int], size: int, threshold: float) -> list[np.ndarray]:
+    """Per sample, (K_i, size, size) bool masks: sigmoid(logits) > threshold."""
+    device = next(model.parameters()).device
+    batch, kmax = len(names), max(len(n) for n in names)
+    ids = torch.zeros(batch, kmax, dtype=torch.long)
+    present = torch.zeros(batch, kmax, dtype=torch.bool)  # (B, K): True = a real class, not padding
+    for i, sample in enumerate(names):
+        ids[i, :len(sample)] = torch.tensor([index_of[n] for n in sample])
+        present[i, :len(sample)] = True
+    emb = embeddings.to(device)[ids.to(device)]  # (B, K, D)
+    logits = model([f.to(device) for f in features], emb, present.to(device)).float()  # (B, K, S, S)
+    if logits.shape[-1] != size:  # a module trained for another output size: compare at the image's
+        logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+    masks = (torch.sigmoid(logits) > threshold).cpu().numpy()
+    return [masks[i, :len(sample)] for i, sample in enumerate(names)]
+
+
+def evaluate(pipe, oracle, model, table: pd.DataFrame, split: ClassSplit, cfg: EvalConfig,
+             progress: bool = True) -> Protocol1Result:
+    """Generate every row of `table` once, score the grounding module and DAAM on the same pairs.
+
+    pipe: the world's StableDiffusionPipeline; oracle: anything with `.detect(images)` returning
+    `Detections`; model: a `GroundingModule` (put in eval mode here).
+    """
+    names_all = [class_list(c) for c in table["classes"]]
+    split.check_known([n for names in names_all for n in names], "Protocol I prompts")
+    model.eval()
+    size = image_size(pipe)
+    call = capture_call_for(cfg.sampling.steps, cfg.capture_t)
+    embeddings = class_embeddings(pipe, split.classes, cfg.template_one)  # (K_all, D)
+    index_of = {name: i for i, name in enumerate(split.classes)}
+    unseen = set(split.unseen)
+    records: list[tuple] = []
+    examples: list[Example] = []
+    wanted = {c: cfg.examples_per_category for c in CATEGORIES}
+    step = cfg.sampling.batch_size
+    batches = range(0, len(table), step)
+    for start in tqdm(batches, desc="eval_grounding batches", mininterval=5, disable=not progress):
+        rows = table.iloc[start:start + step]
+        names = names_all[start:start + step]
+        prompts, seeds = list(rows["prompt"]), [int(s) for s in rows["seed"]]
+        # 1. one generation per batch (`generate` makes one pipeline call for <= batch_size rows),
+        #    both hooks on: features at the capture step and cross-attention over all steps
+        with FeatureCapture(pipe.unet, call) as cap, DAAMTrace(pipe) as trace:
+            images = generate(pipe, prompts, seeds, cfg.sampling)  # (B, H, W, 3) uint8
+        # 2. both methods' masks, from that single generation
+        ours = _grounding_masks(model, cap.result(), embeddings, names, index_of, size, cfg.mask_threshold)
+        daam = [m.cpu().numpy() > cfg.daam_threshold for m in trace.heat_maps(prompts, names, size)]
+        del cap, trace  # the captured features are large (SD v1: ~60 MB per image)
+        # 3. the oracle's top-scoring instance per prompted class is the ground truth
+        detections = oracle.detect(list(images))
+        pairs_here = []  # (i, k, class, score, oracle mask or None when missed)
+        for i, det in enumerate(detections):
+            for k, name in enumerate(names[i]):
+                mask, score = det.best_mask(name)
+                found = mask is not None and score >= cfg.oracle_score_threshold
+                pairs_here.append((i, k, name, score, np.asarray(mask, bool) if found else None))
+        # 4. IoU on the found pairs only, the same pairs for both methods
+        scored = [j for j, p in enumerate(pairs_here) if p[4] is not None]
+        iou = {m: np.full(len(pairs_here), np.nan) for m in METHODS}
+        if scored:
+            targets = np.stack([pairs_here[j][4] for j in scored])  # (N, H, W)
+            for m, preds in (("ours", ours), ("daam", daam)):
+                iou[m][scored] = pairwise_iou(np.stack([preds[pairs_here[j][0]][pairs_here[j][1]] for j in scored]),
+                                              targets)
+        for j, (i, k, name, score, target) in enumerate(pairs_here):
+            row = rows.iloc[i]
+            records.append((int(row["index"]), row["category"], row["prompt"], int(row["seed"]), k, name,
+                            name not in unseen, target is not None, float(score),
+                            float(iou["ours"][j]), float(iou["daam"][j])))
+            if target is not None and wanted[row["category"]] > 0:
+                wanted[row["category"]] -= 1
+                examples.append(Example(row["category"], row["prompt"], name, name not in unseen, images[i].copy(),
+                                        target, ours[i][k], daam[i][k], float(iou["ours"][j]), float(iou["daam"][j])))
+    pairs = pd.DataFrame(records, columns=PAIR_COLUMNS)
+    metrics, counts, per_class = summarise(pairs, split.classes)
+    return Protocol1Result(metrics, counts, per_class, pairs, examples)
+
+
+# --- 3. reports -------------------------------------------------------------------------------
+
+
+def flat_metrics(metrics: dict[str, dict[str, float | None]]) -> dict[str, float]:
+    """{"ours_one_unseen": 71.2, ...} for MLflow; categories with no scored pair are left out."""
+    return {f"{m}_{c}": v for m, row in metrics.items() for c, v in row.items() if v is not None}
+
+
+def markdown_report(result: Protocol1Result, cfg: EvalConfig, setting: str = "") -> str:
+    """Table 1 in this project's world, pair counts, and the paper's PASCAL-sim numbers beneath."""
+    head = "| method | " + " | ".join(CATEGORY_LABELS[c] for c in CATEGORIES) + " |"
+    rule = "|---" * (len(CATEGORIES) + 1) + "|"
+
+    def fmt(v: float | None) -> str:
+        return "—" if v is None else f"{v:.2f}"
+
+    def row(label: str, values: dict) -> str:
+        return f"| {label} | " + " | ".join(fmt(values[c]) for c in CATEGORIES) + " |"
+
+    counts = "| (image, class) pairs scored / prompted | " + " | ".join(
+        f"{result.counts[c]['evaluated']} / {result.counts[c]['pairs']}" for c in CATEGORIES) + " |"
+    s = cfg.sampling
+    lines = [
+        "# Protocol I: grounding on generated images",
+        "",
+        f"mIoU (%) over (image, class) pairs{f' — {setting}' if setting else ''}. {cfg.per_category} "
+        f"generated images per category (seed {cfg.seed}), DDIM {s.steps} steps, guidance {s.guidance_scale}; "
+        f"UNet features at t={cfg.capture_t} (steps from the end). Ground truth: the oracle's top-scoring "
+        f"instance of each prompted class (score >= {cfg.oracle_score_threshold}); a class the oracle misses "
+        "is left out for both methods. Ours: sigmoid(logit) > "
+        f"{cfg.mask_threshold}; DAAM: normalised heat map > {cfg.daam_threshold}.",
+        "",
+        head, rule,
+        row("DAAM", result.metrics["daam"]),
+        row("ours (grounding module)", result.metrics["ours"]),
+        counts,
+        "",
+        "**The paper's numbers, for reference (not this run):** Table 1, PASCAL-sim — Stable Diffusion v1 "
+        "with PASCAL VOC classes and a COCO Mask R-CNN oracle, mean over the three VOC splits (PAPER.md).",
+        "",
+        head, rule,
+        row("DAAM (paper, PASCAL-sim)", PAPER_PASCAL_SIM["daam"]),
+        row("Grounded Diffusion (paper, PASCAL-sim)", PAPER_PASCAL_SIM["ours"]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def overlay_figure(examples: list[Example], tile: int = 128) -> Image.Image:
+    """Rows of (image | oracle | ours | DAAM) overlays, each captioned (seen and unseen classes)."""
+    if not examples:
+        canvas = Image.new("RGB", (4 * tile, 40), "white")
+        ImageDraw.Draw(canvas).text((4, 12), "no (image, class) pair was found by the oracle", fill="black")
+        return canvas
+    scale = max(1, tile // examples[0].image.shape[0])
+    tiles, captions = [], []
+    for ex in examples:
+        status = "seen" if ex.seen else "UNSEEN"
+        tiles += [ex.image, overlay(ex.image, [ex.oracle]), overlay(ex.image, [ex.ours]), overlay(ex.image, [ex.daam])]
+        captions += [
+            f"{CATEGORY_LABELS[ex.category]}: {ex.prompt.removeprefix('a photograph of ')}",
+            f"oracle: {ex.class_name} ({status})",
+            f"ours: IoU {100 * ex.iou_ours:.0f}",
+            f"DAAM: IoU {100 * ex.iou_daam:.0f}",
+        ]
+    chars = max(18, examples[0].image.shape[0] * scale // 7)
+    return captioned_grid(tiles, captions, columns=4, scale=scale, chars_per_line=chars)
