@@ -133,6 +133,16 @@ def run_stage(main_fn) -> None:
     """Run a stage's main; expected user errors print one clear line instead of a traceback."""
     try:
         main_fn()
-    except (ParamsError, WorldError, FileNotFoundError) as err:
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Bad params or damaged input files: the message says what to fix, a traceback would not help."""
+    from groundiff.checkpoint import CheckpointError  # imported only once a stage failed (torch)
+    from groundiff.data.shards import ShardError
+
+    return (ParamsError, WorldError, FileNotFoundError, ShardError, CheckpointError)
