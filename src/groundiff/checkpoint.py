@@ -80,12 +80,29 @@ def save_training_state(
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata of a training state, without loading its tensors."""
+class CheckpointError(ValueError):
+    """A training state on disk cannot be read (damaged, or not written by `save_training_state`)."""
+
+
+def _read_state(path: str | Path, tensors: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors or {}) of a training state; a damaged file is one clear CheckpointError."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["meta"])
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata()
+        json.loads(metadata["meta"])
+        return metadata, load_file(str(path)) if tensors else {}
+    except Exception as err:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(
+            f"{path}: unreadable training state ({type(err).__name__}: {err}); delete it to start this "
+            "training from scratch"
+        ) from err
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a training state, without loading its tensors."""
+    return json.loads(_read_state(path, tensors=False)[0]["meta"])
 
 
 def load_training_state(
@@ -94,11 +111,7 @@ def load_training_state(
     optimizers: dict[str, torch.optim.Optimizer],
 ) -> dict[str, Any]:
     """Restore what `save_training_state` wrote, in place; returns the metadata."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
-    tensors = load_file(str(path))
+    metadata, tensors = _read_state(path, tensors=True)
     for name, module in modules.items():
         prefix = f"{name}."
         sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

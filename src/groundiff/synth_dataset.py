@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,8 +31,10 @@ from groundiff.checkpoint import write_text_atomic
 from groundiff.data.prompts import CLASS_SEP, row_seed
 from groundiff.data.voc import IGNORE, save_label_png
 from groundiff.diffusion.capture import FeatureCapture, capture_call_for
-from groundiff.diffusion.pipeline import SamplingConfig, generate
+from groundiff.diffusion.features import feature_specs
+from groundiff.diffusion.pipeline import SamplingConfig, generate, image_size
 from groundiff.diffusion.text import class_embeddings
+from groundiff.synthesis import ShardPlan, check_shards, prepare_output, shard_rows
 from groundiff.worlds.base import ClassSplit
 
 KINDS = ("one", "two", "complicated")
@@ -119,6 +120,53 @@ def _fingerprint(table: pd.DataFrame, cfg: SynthDatasetConfig, model_ids: list[s
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def check_models(pipe, module) -> None:
+    """Fail before any output is touched if `module` was not built for this pipeline.
+
+    A grounding module reads one UNet's feature maps and one text encoder's embeddings; one
+    trained for another world (e.g. SD v1 vs the shapes model) would otherwise fail, or worse
+    make wrong-sized label maps, only in the middle of the first shard.
+    """
+    have = module.config
+    specs = feature_specs(pipe.unet.config)
+    sample = pipe.unet.config.sample_size
+    want = {
+        "feature_channels": tuple(2 * s.channels for s in specs),  # uncond || cond
+        "feature_strides": tuple(s.stride for s in specs),
+        "latent_size": sample if isinstance(sample, int) else sample[0],
+        "text_dim": pipe.text_encoder.config.hidden_size,
+        "image_size": image_size(pipe),
+    }
+    wrong = [f"{k} {_plain(getattr(have, k))} (pipeline: {_plain(v)})" for k, v in want.items()
+             if _plain(getattr(have, k)) != _plain(v)]
+    if wrong:
+        raise ValueError(
+            f"the grounding module was built for another pipeline: {'; '.join(wrong)}. Train it on this "
+            "world's diffusion model (`dvc repro train_grounding`) or point the stage at the matching one"
+        )
+
+
+def _plain(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def plan_dataset(split: ClassSplit, cfg: SynthDatasetConfig, root: Path, model_ids: list[str],
+                 shards: list[int] | None = None) -> tuple[pd.DataFrame, ShardPlan]:
+    """The prompt table, and `root` prepared (fingerprint) with the shards still to make listed."""
+    table = synth_prompts(split.classes, cfg)
+    n_shards = math.ceil(len(table) / cfg.shard_size)
+    requested = check_shards(shards, n_shards)
+    prepare_output(root, _fingerprint(table, cfg, model_ids), marker="synth_dataset.json",
+                   subdirs=("JPEGImages", "SegmentationClass", "shards", "ImageSets/Segmentation"))
+    todo = [s for s in requested if not (root / "shards" / f"shard_{s:05d}.json").is_file()]
+    return table, ShardPlan(n_shards, todo, len(requested) - len(todo))
+
+
+def dataset_embeddings(pipe, split: ClassSplit, cfg: SynthDatasetConfig) -> dict[str, torch.Tensor]:
+    """Every class's text embedding, as the grounding module was trained with (class -> (text_dim,))."""
+    return dict(zip(split.classes, class_embeddings(pipe, split.classes, cfg.grounding_template)))
+
+
 def write_split_lists(root: Path) -> dict[str, int]:
     """Rebuild ImageSets/Segmentation/<kind>.txt from the finished shards' markers."""
     ids: dict[str, list[str]] = {k: [] for k in KINDS}
@@ -166,27 +214,8 @@ def make_shard(pipe, module, rows: pd.DataFrame, split: ClassSplit, cfg: SynthDa
     return pixels
 
 
-def synth_dataset(pipe, module, split: ClassSplit, cfg: SynthDatasetConfig, root: Path,
-                  model_ids: list[str], shards: list[int] | None = None) -> dict:
-    """Build (or resume) the dataset under `root`; returns statistics."""
-    table = synth_prompts(split.classes, cfg)
-    fp = _fingerprint(table, cfg, model_ids)
-    marker = root / "synth_dataset.json"
-    if root.exists() and (not marker.is_file() or json.loads(marker.read_text())["fingerprint"] != fp):
-        shutil.rmtree(root)  # made with other params or models: nothing to resume
-    for sub in ("JPEGImages", "SegmentationClass", "shards"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"fingerprint": fp}) + "\n")
-    embeddings = dict(zip(split.classes, class_embeddings(pipe, split.classes, cfg.grounding_template)))
-    n_shards = math.ceil(len(table) / cfg.shard_size)
-    todo = range(n_shards) if shards is None else shards
-    resumed = 0
-    for s in tqdm(todo, desc="synth_dataset shards", mininterval=5):
-        if (root / "shards" / f"shard_{s:05d}.json").is_file():
-            resumed += 1
-            continue
-        make_shard(pipe, module, table.iloc[s * cfg.shard_size:(s + 1) * cfg.shard_size], split, cfg,
-                   embeddings, root, s)
+def dataset_stats(root: Path, split: ClassSplit, plan: ShardPlan) -> dict:
+    """Rebuild the split lists from the finished shards and summarise them."""
     counts = write_split_lists(root)
     pixels: dict[int, int] = {}
     for m in (root / "shards").glob("shard_*.json"):
@@ -196,7 +225,22 @@ def synth_dataset(pipe, module, split: ClassSplit, cfg: SynthDatasetConfig, root
     names = {0: "background", IGNORE: "ignore", **{split.label(c): c for c in split.classes}}
     return {
         "images": counts,
-        "shards": n_shards,
-        "resumed_shards": resumed,
+        "shards": plan.n_shards,
+        "resumed_shards": plan.resumed,
         "pixel_share": {names[v]: round(c / total, 5) for v, c in sorted(pixels.items())},
     }
+
+
+def synth_dataset(pipe, module, split: ClassSplit, cfg: SynthDatasetConfig, root: Path,
+                  model_ids: list[str], shards: list[int] | None = None) -> dict:
+    """Build (or resume) the dataset under `root`, serially in this process; returns statistics.
+
+    `groundiff.distributed.synth_dataset_distributed` runs the same plan and `make_shard` on a
+    Dask cluster.
+    """
+    check_models(pipe, module)
+    embeddings = dataset_embeddings(pipe, split, cfg)
+    table, plan = plan_dataset(split, cfg, root, model_ids, shards)
+    for s in tqdm(plan.todo, desc="synth_dataset shards", mininterval=5):
+        make_shard(pipe, module, shard_rows(table, cfg.shard_size, s), split, cfg, embeddings, root, s)
+    return dataset_stats(root, split, plan)

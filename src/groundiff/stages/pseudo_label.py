@@ -8,6 +8,7 @@ from groundiff import tracking
 from groundiff.config import to_dict
 from groundiff.oracle import TorchvisionOracle
 from groundiff.pseudo_label import PseudoLabelConfig, pseudo_label
+from groundiff.synthesis import model_fingerprint
 from groundiff.stages.common import Params, run_stage, world_detector, write_json
 
 SYNTH = Path("data/synth/train")
@@ -21,7 +22,7 @@ def main() -> None:
     source = world_detector(params)
     with tracking.stage_run("pseudo_label", {"pseudo_label": to_dict(cfg), "world": to_dict(params.world)}) as run:
         oracle = TorchvisionOracle.from_pretrained(source, params.world.device, score_threshold=cfg.score_threshold)
-        stats = pseudo_label(oracle, SYNTH, OUT, cfg, oracle_id=source)
+        stats = pseudo_label(oracle, SYNTH, OUT, cfg, oracle_id=model_fingerprint(source))
         write_json(METRICS, stats)
         run.log_metrics({"found_rate": stats["found_rate"], "images": stats["images"]})
         run.log_metrics({f"found_rate_{k}": v for k, v in stats["found_rate_per_class"].items()})

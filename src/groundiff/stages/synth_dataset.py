@@ -1,6 +1,7 @@
 """Stage `synth_dataset`: diffusion + grounding module -> a labelled VOC-layout dataset, all classes.
 
 Resumable (output `persist: true`): finished shards are kept; other params or models start over.
+With `distributed.scheduler` set, the shards are made on a Dask cluster (groundiff.distributed).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from pathlib import Path
 from groundiff import tracking
 from groundiff.config import to_dict
 from groundiff.diffusion.pipeline import load_pipeline
+from groundiff.distributed import DistributedConfig, synth_dataset_distributed
 from groundiff.grounding import GroundingModule
 from groundiff.stages.common import Params, run_stage, world_pipeline, write_json
 from groundiff.synth_dataset import SynthDatasetConfig, synth_dataset
+from groundiff.synthesis import model_fingerprint
 
 GROUNDING = Path("models/grounding")
 OUT = Path("data/synth/segmentation")
@@ -22,12 +25,19 @@ METRICS = Path("metrics/synth_dataset.json")
 def main() -> None:
     params = Params()
     cfg = params.section("synth_dataset", SynthDatasetConfig)
+    dist = params.section("distributed", DistributedConfig)
     split = params.class_split()
     source = world_pipeline(params)
-    with tracking.stage_run("synth_dataset", {"synth_dataset": to_dict(cfg), "world": to_dict(params.world)}) as run:
-        module = GroundingModule.from_pretrained(GROUNDING, device=params.world.device)
-        pipe = load_pipeline(source, params.world.device)
-        stats = synth_dataset(pipe, module, split, cfg, OUT, model_ids=[source, str(GROUNDING)])
+    model_ids = [model_fingerprint(source), model_fingerprint(GROUNDING)]  # retrained models start over
+    logged = {"synth_dataset": to_dict(cfg), "world": to_dict(params.world), "distributed": to_dict(dist)}
+    with tracking.stage_run("synth_dataset", logged) as run:
+        if dist.serial:
+            module = GroundingModule.from_pretrained(GROUNDING, device=params.world.device)
+            pipe = load_pipeline(source, params.world.device)
+            stats = synth_dataset(pipe, module, split, cfg, OUT, model_ids=model_ids)
+        else:  # each Dask worker loads the pipeline and the grounding module itself
+            stats = synth_dataset_distributed(source, GROUNDING, split, cfg, OUT, model_ids=model_ids, dist=dist,
+                                              device=params.world.device)
         write_json(METRICS, stats)
         run.log_metrics({f"images_{k}": v for k, v in stats["images"].items()})
         run.log_metrics({f"pixel_share_{k}": v for k, v in stats["pixel_share"].items()})

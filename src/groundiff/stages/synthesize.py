@@ -1,7 +1,8 @@
 """Stage `synthesize`: generate an image per prompt-table row; store it with its capture-step latent.
 
 Resumable: finished shards are kept (the output is `persist: true` in dvc.yaml) and only missing
-ones are generated; a changed table, setting or model starts over.
+ones are generated; a changed table, setting or model starts over. With `distributed.scheduler`
+set, the shards are generated on a Dask cluster (groundiff.distributed): the same bytes.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from groundiff import tracking
 from groundiff.config import to_dict
 from groundiff.data.prompts import read_prompts
 from groundiff.diffusion.pipeline import load_pipeline
+from groundiff.distributed import DistributedConfig, synthesize_distributed
 from groundiff.stages.common import Params, run_stage, world_pipeline, write_json
-from groundiff.synthesis import SynthesisConfig, synthesize
+from groundiff.synthesis import SynthesisConfig, model_fingerprint, synthesize
 
 PROMPTS = Path("data/prompts/train.csv")
 OUT = Path("data/synth/train")
@@ -23,11 +25,18 @@ METRICS = Path("metrics/synthesize.json")
 def main() -> None:
     params = Params()
     cfg = params.section("synthesize", SynthesisConfig)
+    dist = params.section("distributed", DistributedConfig)
     table = read_prompts(PROMPTS)
     source = world_pipeline(params)
-    with tracking.stage_run("synthesize", {"synthesize": to_dict(cfg), "world": to_dict(params.world)}) as run:
-        pipe = load_pipeline(source, params.world.device)
-        stats = synthesize(pipe, table, cfg, OUT, model_id=source)
+    model_id = model_fingerprint(source)  # by content: a retrained model does not resume old shards
+    logged = {"synthesize": to_dict(cfg), "world": to_dict(params.world), "distributed": to_dict(dist)}
+    with tracking.stage_run("synthesize", logged) as run:
+        if dist.serial:
+            pipe = load_pipeline(source, params.world.device)
+            stats = synthesize(pipe, table, cfg, OUT, model_id=model_id)
+        else:  # each Dask worker loads the pipeline itself, from `source`
+            stats = synthesize_distributed(source, table, cfg, OUT, model_id=model_id, dist=dist,
+                                           device=params.world.device)
         write_json(METRICS, stats)
         run.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))})
     print(f"synthesize: {stats['images']} images in {stats['shards']} shards under {OUT} "

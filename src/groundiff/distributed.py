@@ -1,0 +1,246 @@
+"""Fan the shards of `synthesize` and `synth_dataset` out on a Dask cluster.
+
+Synthesis is embarrassingly parallel: every row has its own seed, and a shard is written
+atomically by whoever generates it. So the driver (the stage's process) does only three things:
+
+    1. check the models once on a worker (a missing or mismatched model fails here, before any
+       output is touched),
+    2. prepare the output folder (fingerprint; half-written leftovers removed) and list the
+       shards still to do, exactly as a serial run does,
+    3. submit one task per shard; each task writes its shard and returns nothing but its number.
+
+Models never travel through Dask: tasks get *paths* and each worker process loads the pipeline
+(and grounding module) itself, once, and keeps it for every later task it runs. The shards are
+the same bytes as a serial run's, for the same seeds, because each image depends only on its
+own row (prompt, seed) and settings — never on which worker or batch made it. (Bit-identity
+also needs the same float arithmetic: the same device and torch threads per process; Dask's
+workers run with OMP_NUM_THREADS=1, as the tests do.)
+
+    distributed:
+      scheduler: ""              # "" = serial, in the stage's process (default)
+                                 # "local" = a LocalCluster of n_workers processes, 1 thread each
+                                 # "tcp://host:8786" = a running `dask scheduler`
+      n_workers: 2
+
+A real cluster's workers need this package installed (`pip install -e .`, same version) and
+the project folder at the same path (a shared file system): tasks carry absolute paths.
+Dask is imported only when a cluster is asked for.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from groundiff.config import ParamsError
+from groundiff.synthesis import SynthesisConfig, plan_synthesis, shard_rows, synthesis_stats, write_synthesis_shard
+
+_ADDRESS = re.compile(r"^(tcp|tls)://\S+$")
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """params.yaml `distributed`: where the shards of synthesize / synth_dataset are generated."""
+
+    scheduler: str = ""  # "" = serial in-process; "local" = LocalCluster; "tcp://host:8786" = a scheduler
+    n_workers: int = 2  # LocalCluster worker processes (one thread each); unused with an address
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in ("", "local") and not _ADDRESS.match(self.scheduler):
+            raise ValueError(
+                f"scheduler {self.scheduler!r} is not one of \"\" (serial), \"local\" (a LocalCluster) "
+                "or a scheduler address like \"tcp://host:8786\""
+            )
+        if self.n_workers < 1:
+            raise ValueError(f"n_workers must be >= 1, got {self.n_workers}")
+
+    @property
+    def serial(self) -> bool:
+        return self.scheduler == ""
+
+
+class ClusterError(ParamsError):
+    """The Dask scheduler named in params (`distributed.scheduler`) cannot be reached."""
+
+
+@contextmanager
+def dask_client(cfg: DistributedConfig, timeout: float = 30.0) -> Iterator[Any]:
+    """A `dask.distributed.Client` for `cfg`: a fresh LocalCluster, or a running scheduler."""
+    if cfg.serial:
+        raise ValueError("distributed.scheduler is \"\" (serial): no cluster to connect to")
+    from dask.distributed import Client, LocalCluster
+
+    if cfg.scheduler == "local":
+        # processes (not threads): torch releases the GIL only in places, and one thread per
+        # worker keeps each worker's arithmetic identical to a single-threaded serial run.
+        with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=1, processes=True,
+                          host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(cfg.scheduler, timeout=timeout)
+    except (OSError, TimeoutError) as err:
+        raise ClusterError(
+            f"params.yaml: distributed.scheduler: no Dask scheduler answers at {cfg.scheduler} ({err}); "
+            "start one (`dask scheduler`, then `dask worker <address>` on each machine), or set "
+            "distributed.scheduler to \"local\" (a cluster on this machine) or \"\" (serial)"
+        ) from None
+    with client:
+        yield client
+
+
+# --------------------------------------------------------------------------- on the workers
+
+_MODELS: dict[str, tuple[tuple, Any]] = {}  # per worker process, per kind: (key, model), reused by later tasks
+
+
+def _cached(kind: str, key: tuple, load):
+    """The model of `kind` for `key`, loaded once per worker; a new key replaces the old model."""
+    held = _MODELS.get(kind)
+    if held is None or held[0] != key:
+        _MODELS.pop(kind, None)  # free the old one first: a worker holds one model of each kind
+        _MODELS[kind] = (key, load())
+    return _MODELS[kind][1]
+
+
+def _stamp(source: str) -> tuple:
+    """What identifies a model folder's current files, cheaply (names, sizes, mtimes): a worker
+    that outlives a retraining must not keep serving the old weights from its cache."""
+    path = Path(source)
+    if not path.is_dir():
+        return (source,)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return tuple((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+def _pipeline(source: str, device: str):
+    from groundiff.diffusion.pipeline import load_pipeline
+
+    return _cached("pipeline", (source, device, _stamp(source)), lambda: load_pipeline(source, device))
+
+
+def _grounding(folder: str, device: str):
+    from groundiff.grounding import GroundingModule
+
+    return _cached("grounding", (folder, device, _stamp(folder)),
+                   lambda: GroundingModule.from_pretrained(folder, device=device))
+
+
+def _check_pipeline_task(source: str, device: str) -> None:
+    _pipeline(source, device)
+
+
+def _synthesis_task(source: str, device: str, rows: pd.DataFrame, cfg: SynthesisConfig, root: str,
+                    shard: int) -> int:
+    write_synthesis_shard(_pipeline(source, device), rows, cfg, Path(root), shard)
+    return shard
+
+
+def _dataset_models(source: str, grounding: str, device: str, split, cfg):
+    from groundiff.synth_dataset import check_models, dataset_embeddings
+
+    pipe, module = _pipeline(source, device), _grounding(grounding, device)
+    check_models(pipe, module)
+    key = (source, device, _stamp(source), split.classes, cfg.grounding_template)
+    return pipe, module, _cached("embeddings", key, lambda: dataset_embeddings(pipe, split, cfg))
+
+
+def _check_dataset_task(source: str, grounding: str, device: str, split, cfg) -> None:
+    _dataset_models(source, grounding, device, split, cfg)
+
+
+def _dataset_task(source: str, grounding: str, device: str, split, cfg, rows: pd.DataFrame, root: str,
+                  shard: int) -> int:
+    from groundiff.synth_dataset import make_shard
+
+    pipe, module, embeddings = _dataset_models(source, grounding, device, split, cfg)
+    make_shard(pipe, module, rows, split, cfg, embeddings, Path(root), shard)
+    return shard
+
+
+# --------------------------------------------------------------------------- on the driver
+
+
+def _local(path: str | Path) -> str:
+    """An absolute path for a local folder (workers may run elsewhere); a hub id stays as it is."""
+    return str(Path(path).resolve()) if Path(path).exists() else str(path)
+
+
+def load_on_workers(client, source: str | Path, device: str = "cpu") -> None:
+    """Load the pipeline on every worker now (e.g. so that a benchmark times generation only)."""
+    client.run(_check_pipeline_task, _local(source), device)
+
+
+def _run(client, tasks: list[tuple], desc: str) -> None:
+    """Submit (fn, *args) tasks and wait for *all* of them; then raise the first failure, as raised there.
+
+    Waiting for all means that, once this returns, no task is still writing into the output (a
+    rerun could otherwise race a straggler for the same shard), and every shard that could be
+    made was made: the rerun redoes only the failed ones.
+    """
+    from dask.distributed import as_completed
+
+    futures = [client.submit(fn, *args, pure=False, retries=0) for fn, *args in tasks]
+    failed = None
+    try:
+        for future in tqdm(as_completed(futures), total=len(futures), desc=desc, mininterval=5):
+            if failed is None and future.status == "error":
+                failed = future
+    except BaseException:  # interrupted: drop what has not started (a LocalCluster is closed anyway)
+        client.cancel(futures)
+        raise
+    if failed is not None:
+        failed.result()  # re-raises the worker's exception here
+
+
+@contextmanager
+def _client_for(dist: DistributedConfig | None, client, timeout: float) -> Iterator[Any]:
+    if client is not None:
+        yield client
+    elif dist is None:
+        raise ValueError("pass `dist` (a DistributedConfig) or an open dask `client`")
+    else:
+        with dask_client(dist, timeout) as opened:
+            yield opened
+
+
+def synthesize_distributed(source: str | Path, table: pd.DataFrame, cfg: SynthesisConfig, root: Path,
+                           model_id: str, dist: DistributedConfig | None = None, device: str = "cpu",
+                           shards: list[int] | None = None, client=None, timeout: float = 30.0) -> dict:
+    """`synthesis.synthesize` with each shard generated by a Dask worker; the same output and stats.
+
+    source: the diffusers pipeline (folder or hub id) each worker loads; `client`: an open Dask
+    client to use instead of starting one from `dist`.
+    """
+    source, root = _local(source), Path(root).resolve()
+    with _client_for(dist, client, timeout) as c:
+        c.submit(_check_pipeline_task, source, device, pure=False).result()  # bad model: fail before any write
+        plan = plan_synthesis(table, cfg, root, model_id, shards)
+        _run(c, [(_synthesis_task, source, device, shard_rows(table, cfg.shard_size, s), cfg, str(root), s)
+                 for s in plan.todo], "synthesize shards")
+    return synthesis_stats(plan, table)
+
+
+def synth_dataset_distributed(source: str | Path, grounding: str | Path, split, cfg, root: Path,
+                              model_ids: list[str], dist: DistributedConfig | None = None, device: str = "cpu",
+                              shards: list[int] | None = None, client=None, timeout: float = 30.0) -> dict:
+    """`synth_dataset.synth_dataset` with each shard made by a Dask worker; the same output and stats.
+
+    source / grounding: the pipeline and the grounding-module folder each worker loads.
+    """
+    from groundiff.synth_dataset import dataset_stats, plan_dataset
+
+    source, grounding, root = _local(source), _local(grounding), Path(root).resolve()
+    with _client_for(dist, client, timeout) as c:
+        c.submit(_check_dataset_task, source, grounding, device, split, cfg, pure=False).result()
+        table, plan = plan_dataset(split, cfg, root, model_ids, shards)
+        _run(c, [(_dataset_task, source, grounding, device, split, cfg, shard_rows(table, cfg.shard_size, s),
+                  str(root), s) for s in plan.todo], "synth_dataset shards")
+    return dataset_stats(root, split, plan)
