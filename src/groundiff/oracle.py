@@ -189,3 +189,154 @@ class TorchvisionOracle:
                 masks=masks,
             ))
         return results
+
+
+# --- the paper's oracles: COCO-trained detectors, names mapped to the world's -------------------
+
+
+def _map_detections(names: list[str], scores: np.ndarray, masks: np.ndarray, world: str) -> Detections:
+    """Keep detections of classes the world knows, renamed to its spelling (COCO -> VOC)."""
+    from groundiff.worlds.paper import coco_name_in
+
+    keep, out_names = [], []
+    for i, name in enumerate(names):
+        mapped = coco_name_in(world, name)
+        if mapped is not None:
+            keep.append(i)
+            out_names.append(mapped)
+    order = np.argsort(-scores[keep], kind="stable") if keep else np.zeros(0, int)
+    keep = np.asarray(keep, int)[order]
+    return Detections([out_names[i] for i in order], scores[keep].astype(np.float32), masks[keep])
+
+
+@dataclass
+class TorchvisionCOCOOracle:
+    """torchvision's COCO Mask R-CNN (ResNet-50 FPN, v1 or v2) as the oracle of the voc/coco worlds.
+
+    weights: a local state-dict file (.pth via `torch.load(weights_only=True)`, or .safetensors),
+    or "torchvision" for torchvision's own COCO weights (downloaded once into the torch hub cache).
+    """
+
+    model: nn.Module
+    world: str
+    categories: list[str]
+    score_threshold: float = 0.05
+    mask_threshold: float = 0.5
+    device: str = "cpu"
+
+    @classmethod
+    def load(cls, world: str, weights: str, arch: str = "maskrcnn_resnet50_fpn_v2", device: str = "cpu",
+             score_threshold: float = 0.05, mask_threshold: float = 0.5, min_size: int = 800) -> "TorchvisionCOCOOracle":
+        from torchvision.models import detection
+
+        builders = {
+            "maskrcnn_resnet50_fpn": (detection.maskrcnn_resnet50_fpn, detection.MaskRCNN_ResNet50_FPN_Weights),
+            "maskrcnn_resnet50_fpn_v2": (detection.maskrcnn_resnet50_fpn_v2, detection.MaskRCNN_ResNet50_FPN_V2_Weights),
+        }
+        if arch not in builders:
+            raise ValueError(f"unknown oracle arch {arch!r}; choose one of {', '.join(builders)}")
+        build, enum = builders[arch]
+        categories = list(enum.COCO_V1.meta["categories"])
+        if weights == "torchvision":
+            try:
+                model = build(weights=enum.COCO_V1, min_size=min_size)
+            except Exception as err:  # offline: urllib / hub errors of several kinds
+                raise FileNotFoundError(
+                    f"could not fetch torchvision's COCO weights for {arch} ({err}). Download them on a "
+                    "machine with internet and set the oracle's `weights` param to the .pth file"
+                ) from err
+        else:
+            path = Path(weights)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"oracle weights {path} not found. Give a local COCO Mask R-CNN state dict (.pth or "
+                    f".safetensors) for {arch}, or weights: torchvision to download torchvision's"
+                )
+            model = build(weights=None, weights_backbone=None, num_classes=len(categories), min_size=min_size)
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        model.roi_heads.score_thresh = score_threshold  # torchvision's default (0.05) would hide lower ones
+        return cls(model.to(device).eval(), world, categories, score_threshold, mask_threshold, device)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        from groundiff.worlds.paper import coco_name_in
+
+        names = (coco_name_in(self.world, c) for c in self.categories if c not in ("__background__", "N/A"))
+        return tuple(n for n in names if n is not None)
+
+    @torch.no_grad()
+    def detect(self, images: list[np.ndarray]) -> list[Detections]:
+        tensors = [torch.from_numpy(im).permute(2, 0, 1).float().div(255).to(self.device) for im in images]
+        results = []
+        for out in self.model(tensors):
+            keep = out["scores"] >= self.score_threshold
+            names = [self.categories[int(i)] for i in out["labels"][keep]]
+            masks = (out["masks"][keep, 0] >= self.mask_threshold).cpu().numpy()
+            results.append(_map_detections(names, out["scores"][keep].cpu().numpy(), masks, self.world))
+        return results
+
+
+class MMDetOracle:
+    """The paper's exact oracle: an mmdetection Mask R-CNN (Swin-S, 3x), when mmdet is installed."""
+
+    def __init__(self, world: str, config: str, checkpoint: str, device: str = "cpu",
+                 score_threshold: float = 0.05, mask_threshold: float = 0.5) -> None:
+        try:
+            from mmdet.apis import init_detector
+        except ImportError as err:
+            raise ImportError(
+                "the mmdet oracle backend needs mmdetection: pip install -e '.[mmdet]' (mmcv < 2.2 "
+                "builds from source), or use backend: torchvision"
+            ) from err
+        self.world, self.score_threshold, self.mask_threshold = world, score_threshold, mask_threshold
+        self.model = init_detector(config, checkpoint, device=device)
+        self.categories = list(self.model.dataset_meta["classes"])
+
+    def detect(self, images: list[np.ndarray]) -> list[Detections]:
+        from mmdet.apis import inference_detector
+
+        results = []
+        for image in images:
+            inst = inference_detector(self.model, image[:, :, ::-1].copy()).pred_instances  # mmdet wants BGR
+            scores = inst.scores.cpu().numpy()
+            keep = scores >= self.score_threshold
+            names = [self.categories[int(i)] for i in inst.labels.cpu().numpy()[keep]]
+            masks = inst.masks.cpu().numpy()[keep].astype(bool)
+            results.append(_map_detections(names, scores[keep], masks, self.world))
+        return results
+
+
+class Detectron2Oracle:
+    """A detectron2 COCO Mask R-CNN as the oracle, when detectron2 is installed."""
+
+    def __init__(self, world: str, config: str, checkpoint: str, device: str = "cpu",
+                 score_threshold: float = 0.05) -> None:
+        try:
+            from detectron2.config import get_cfg
+            from detectron2.data import MetadataCatalog
+            from detectron2.engine import DefaultPredictor
+        except ImportError as err:
+            raise ImportError(
+                "the detectron2 oracle backend needs detectron2, which is not on PyPI: install it from "
+                "its source repository, or use backend: torchvision"
+            ) from err
+        cfg = get_cfg()
+        cfg.merge_from_file(config)
+        cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE = checkpoint, device
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_threshold
+        self.world, self.predictor = world, DefaultPredictor(cfg)
+        self.categories = list(MetadataCatalog.get(cfg.DATASETS.TEST[0]).thing_classes)
+
+    def detect(self, images: list[np.ndarray]) -> list[Detections]:
+        results = []
+        for image in images:
+            inst = self.predictor(image[:, :, ::-1])["instances"].to("cpu")  # detectron2 wants BGR
+            names = [self.categories[int(i)] for i in inst.pred_classes.numpy()]
+            results.append(_map_detections(names, inst.scores.numpy(), inst.pred_masks.numpy().astype(bool), self.world))
+        return results
