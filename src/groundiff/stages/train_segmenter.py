@@ -1,0 +1,96 @@
+"""Stage `train_segmenter@<variant>`: train one Protocol II MaskFormer variant.
+
+    python -m groundiff.stages.train_segmenter A        # dvc repro train_segmenter@A
+
+params.yaml `train_segmenter`: `segmenter` (the SegmenterConfig every variant shares) and
+`variants` (name -> synthetic splits + real data; see `groundiff.zs3`). Output:
+`models/segmenter/<variant>/` (transformers save_pretrained + segmenter.json), metrics
+`metrics/train_segmenter/<variant>.json`, loss curve `metrics/train_segmenter/<variant>_loss.csv`.
+Training state in `models/segmenter_state/<variant>/` makes an interrupted run resume; it is
+deleted once the model is saved.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from groundiff import tracking
+from groundiff.config import ParamsError, to_dict
+from groundiff.segmenter import SegmenterConfig, train_segmenter
+from groundiff.stages.common import Params, atomic_dir, run_stage, write_json
+from groundiff.zs3 import RealData, VariantSpec, variant_sources
+
+#: The shapes world's real data (world_data) and the synthetic dataset (synth_dataset).
+REAL = {"shapes": RealData("data/shapes/real", "train", "SegmentationClass", "SegmentationClassFull")}
+SYNTH = Path("data/synth/segmentation")
+MODELS = Path("models/segmenter")
+STATE = Path("models/segmenter_state")
+METRICS = Path("metrics/train_segmenter")
+
+
+@dataclass(frozen=True)
+class TrainSegmenterParams:
+    """params.yaml `train_segmenter`."""
+
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)  # shared by every variant
+    variants: dict[str, VariantSpec] = field(default_factory=dict)  # name -> training data
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            raise ValueError("variants: none defined; list at least one (e.g. A: {synthetic: [one]})")
+
+    def variant(self, name: str) -> VariantSpec:
+        if name not in self.variants:
+            raise ParamsError(f"unknown segmenter variant {name!r}; params.yaml train_segmenter.variants "
+                              f"defines: {', '.join(self.variants)}")
+        return self.variants[name]
+
+
+def _check_sources(sources) -> None:
+    """A missing split list is one clear error naming the stage that writes it."""
+    for source in sources:
+        path = Path(source.root) / "ImageSets" / "Segmentation" / f"{source.split}.txt"
+        if not path.is_file():
+            stage = "synth_dataset" if Path(source.root) == SYNTH else "world_data"
+            raise FileNotFoundError(f"{path}: missing training split {source.split!r}; run `dvc repro {stage}`")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    params = Params()
+    cfg = params.section("train_segmenter", TrainSegmenterParams)
+    if len(args) != 1:
+        raise ParamsError(f"usage: python -m groundiff.stages.train_segmenter <variant>; variants: {', '.join(cfg.variants)}")
+    name = args[0]
+    spec = cfg.variant(name)
+    split = params.class_split()
+    sources = variant_sources(spec, split, REAL[params.world.name], SYNTH)
+    _check_sources(sources)
+    logged = {"train_segmenter": {"segmenter": to_dict(cfg.segmenter), "variant": name, **asdict(spec),
+                                  "sources": [str(s) for s in sources]},
+              "world": to_dict(params.world)}
+    with tracking.stage_run(f"train_segmenter@{name}", logged) as run:
+        state = STATE / name
+        segmenter, summary = train_segmenter(
+            sources, split.classes, cfg.segmenter, state, device=params.world.device,
+            on_log=lambda m: run.log_metrics({k: v for k, v in m.items() if k != "step"}, step=m["step"]))
+        with atomic_dir(MODELS / name) as tmp:
+            segmenter.save_pretrained(tmp)
+        METRICS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(state / "log.csv", METRICS / f"{name}_loss.csv")
+        metrics = {"variant": name, "sources": [str(s) for s in sources], **summary}
+        write_json(METRICS / f"{name}.json", metrics)
+        run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
+        run.log_artifact(METRICS / f"{name}_loss.csv")
+        shutil.rmtree(state)
+    loss = "n/a" if summary["final_loss"] is None else f"{summary['final_loss']:.3f}"
+    pace = "" if summary["seconds_per_step"] is None else f", {summary['seconds_per_step']:.3f} s/step"
+    print(f"train_segmenter@{name}: {sum(summary['samples'].values())} images from {len(sources)} source(s), "
+          f"final loss {loss}{pace}; saved to {MODELS / name}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
