@@ -12,23 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-P1_KEYS = ("one_seen", "one_unseen", "two_seen", "two_seen_unseen", "two_unseen")
-P1_HEAD = ("one seen", "one unseen", "two seen", "two seen+unseen", "two unseen")
+from groundiff.protocol1 import CATEGORIES as P1_KEYS
+from groundiff.protocol1 import PAPER_PASCAL_SIM
+from groundiff.zs3 import PAPER_TABLE2_VOC
 
-#: PAPER.md, Protocol I, PASCAL-sim, average of the 3 splits (mIoU %).
-PAPER_P1 = {
-    "DAAM": (64.84, 62.90, 48.21, 49.19, 50.95),
-    "Grounded Diffusion": (90.30, 83.08, 79.10, 67.86, 55.74),
-}
-#: PAPER.md, Protocol II, PASCAL VOC (mIoU %): seen, unseen, hIoU.
-PAPER_P2 = {
-    "ZegFormer": (86.4, 63.6, 73.3),
-    "Model-A": (62.8, 50.0, 55.7),
-    "Model-B": (65.8, 60.1, 62.8),
-    "Model-C": (69.5, 63.2, 66.2),
-    "Model-D": (83.0, 71.3, 76.7),
-    "Model-E": (83.4, 74.4, 78.7),
-}
+P1_HEAD = ("one seen", "one unseen", "two seen", "two seen+unseen", "two unseen")
+#: The paper's Protocol I rows (PASCAL-sim, average of 3 splits), in table order.
+PAPER_P1 = {"DAAM": PAPER_PASCAL_SIM["daam"], "Grounded Diffusion": PAPER_PASCAL_SIM["ours"]}
 
 
 def _load(path: Path) -> Any | None:
@@ -50,7 +40,7 @@ def protocol1_section(metrics: dict | None) -> str:
         lines.append("*Not yet run: `dvc repro eval_grounding`.*")
     lines += ["", "The paper's (Stable Diffusion + PASCAL-sim, average of 3 splits):", "", header]
     for name, values in PAPER_P1.items():
-        lines.append(f"| {name} (paper) | " + " | ".join(_fmt(v) for v in values) + " |")
+        lines.append(f"| {name} (paper) | " + " | ".join(_fmt(values[k]) for k in P1_KEYS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -64,7 +54,7 @@ def protocol2_section(metrics: dict | None) -> str:
     else:
         lines.append("*Not yet run: `dvc repro eval_zs3`.*")
     lines += ["", "The paper's (PASCAL VOC):", "", header]
-    for name, (s, u, h) in PAPER_P2.items():
+    for name, (s, u, h) in PAPER_TABLE2_VOC.items():
         lines.append(f"| {name} (paper) | {s} | {u} | {h} |")
     return "\n".join(lines) + "\n"
 
