@@ -41,12 +41,9 @@ def build(models: Path) -> Path:
     """Write the tiny pipeline (`pipe/`), grounding module (`grounding/`) and detector (`detector/`)."""
     from groundiff.grounding import GroundingConfig, GroundingModule
     from groundiff.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
-    from groundiff.worlds.shapes_diffusion import DiffusionConfig, assemble_pipeline, build_components
+    from groundiff.testing import tiny_shapes_pipeline
 
-    components = build_components(DiffusionConfig(vae_channels=8, block_out_channels=(8, 16, 16),
-                                                  attention_heads=2, text_width=16))
-    pipe = assemble_pipeline(components, 1.0)
-    pipe.save_pretrained(models / "pipe")
+    pipe = tiny_shapes_pipeline(models / "pipe")
     torch.manual_seed(0)
     cfg = GroundingConfig.from_unet_config(pipe.unet.config, text_dim=16, image_size=32, d_model=32,
                                            n_heads=2, ffn_dim=64, n_layers=1)

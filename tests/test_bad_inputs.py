@@ -213,10 +213,9 @@ def test_grounding_module_for_another_unet_fails_before_any_output(tmp_path):
     from groundiff.grounding import GroundingConfig, GroundingModule
     from groundiff.synth_dataset import SynthDatasetConfig, synth_dataset
     from groundiff.worlds.base import make_split
-    from groundiff.worlds.shapes_diffusion import DiffusionConfig, assemble_pipeline, build_components
+    from groundiff.testing import tiny_shapes_pipeline
 
-    pipe = assemble_pipeline(build_components(DiffusionConfig(vae_channels=8, block_out_channels=(8, 16, 16),
-                                                              attention_heads=2, text_width=16)), 1.0)
+    pipe = tiny_shapes_pipeline()
     other_unet = dict(pipe.unet.config, block_out_channels=(8, 16, 32))
     module = GroundingModule(GroundingConfig.from_unet_config(other_unet, text_dim=16, image_size=32, d_model=32,
                                                               n_heads=2, ffn_dim=64, n_layers=1))

@@ -1,6 +1,5 @@
 """Feature capture, replay from the stored latent, class embeddings and DAAM on a tiny SD-architecture pipeline."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest

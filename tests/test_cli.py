@@ -1,6 +1,8 @@
 """`groundiff generate`: image, one mask per class and an overlay; clear errors for bad classes."""
 
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,15 +10,12 @@ from PIL import Image
 
 from groundiff.cli import main
 from groundiff.grounding import GroundingConfig, GroundingModule
-from groundiff.worlds.shapes_diffusion import DiffusionConfig, assemble_pipeline, build_components
+from groundiff.testing import tiny_shapes_pipeline
 
 
 @pytest.fixture
 def world(project):
-    components = build_components(DiffusionConfig(vae_channels=8, block_out_channels=(8, 16, 16),
-                                                  attention_heads=2, text_width=16))
-    pipe = assemble_pipeline(components, 1.0)
-    pipe.save_pretrained(project / "worlds/shapes/diffusion")
+    pipe = tiny_shapes_pipeline(project / "worlds/shapes/diffusion")
     cfg = GroundingConfig.from_unet_config(pipe.unet.config, text_dim=16, image_size=32,
                                            d_model=32, n_heads=2, ffn_dim=64, n_layers=1)
     GroundingModule(cfg).save_pretrained(project / "models/grounding")
@@ -41,7 +40,8 @@ def test_generate_writes_image_masks_and_overlay(world, capsys):
 
 
 def test_unknown_class_is_one_clear_error(world):
-    proc = subprocess.run(["groundiff", "generate", "a photograph of a dragon", "--classes", "dragon"],
+    script = Path(sys.executable).parent / "groundiff"  # the installed console script
+    proc = subprocess.run([str(script), "generate", "a photograph of a dragon", "--classes", "dragon"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown class 'dragon' (--classes); the shapes world knows: circle" in proc.stderr

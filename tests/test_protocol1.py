@@ -22,7 +22,7 @@ from groundiff.protocol1 import (CATEGORIES, EvalConfig, evaluate, flat_metrics,
                                  protocol1_prompts)
 from groundiff.worlds.base import make_split
 from groundiff.worlds.shapes import CLASSES
-from groundiff.worlds.shapes_diffusion import DiffusionConfig, assemble_pipeline, build_components
+from groundiff.testing import tiny_shapes_pipeline
 
 SPLIT = make_split("shapes", CLASSES, ["ring", "heart", "arrow"])
 CFG = EvalConfig(per_category=3, sampling=SamplingConfig(steps=3, guidance_scale=7.5, batch_size=7),
@@ -32,10 +32,7 @@ CFG = EvalConfig(per_category=3, sampling=SamplingConfig(steps=3, guidance_scale
 def save_world(root: Path) -> None:
     """A tiny random shapes-world pipeline, oracle and grounding module where the stages look."""
     torch.manual_seed(0)
-    components = build_components(DiffusionConfig(vae_channels=8, block_out_channels=(8, 16, 16),
-                                                  attention_heads=2, text_width=16))
-    pipe = assemble_pipeline(components, 1.0)
-    pipe.save_pretrained(root / "worlds/shapes/diffusion")
+    pipe = tiny_shapes_pipeline(root / "worlds/shapes/diffusion")
     arch = DetectorArch(classes=tuple(CLASSES), widths=(8, 16, 16), fpn_channels=16, box_head_dim=32)
     torch.manual_seed(0)
     oracle = TorchvisionOracle(build_maskrcnn(arch).eval(), arch.classes, arch=arch)

@@ -1,6 +1,5 @@
 """Label maps from grounding logits, and the synthetic VOC dataset: content, resume, determinism."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -10,7 +9,7 @@ from groundiff.grounding import GroundingConfig, GroundingModule
 from groundiff.synth_dataset import SynthDatasetConfig, label_map, synth_dataset, synth_prompts
 from groundiff.worlds.base import make_split
 from groundiff.worlds.shapes import CLASSES
-from groundiff.worlds.shapes_diffusion import DiffusionConfig, assemble_pipeline, build_components
+from groundiff.testing import tiny_shapes_pipeline
 
 
 def _logit(p):
@@ -48,9 +47,7 @@ def test_prompts_cover_seen_and_unseen_with_kinds():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipe")
-    components = build_components(DiffusionConfig(vae_channels=8, block_out_channels=(8, 16, 16),
-                                                  attention_heads=2, text_width=16))
-    assemble_pipeline(components, 1.0).save_pretrained(folder)
+    tiny_shapes_pipeline(folder)
     pipe = load_pipeline(folder)
     torch.manual_seed(0)
     cfg = GroundingConfig.from_unet_config(pipe.unet.config, text_dim=16, image_size=32, d_model=32,

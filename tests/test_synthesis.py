@@ -14,7 +14,7 @@ from groundiff.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
 from groundiff.pseudo_label import PseudoLabelConfig, load_mask, pseudo_label, read_labels
 from groundiff.synthesis import SynthesisConfig, synthesize
 from groundiff.worlds.shapes import CLASSES
-from groundiff.worlds.shapes_diffusion import DiffusionConfig, assemble_pipeline, build_components
+from groundiff.testing import tiny_shapes_pipeline
 
 CFG = SynthesisConfig(sampling=SamplingConfig(steps=3, guidance_scale=4.0, batch_size=4), capture_t=2, shard_size=5)
 
@@ -22,9 +22,7 @@ CFG = SynthesisConfig(sampling=SamplingConfig(steps=3, guidance_scale=4.0, batch
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shapes_pipe")
-    components = build_components(DiffusionConfig(vae_channels=8, block_out_channels=(8, 16, 16),
-                                                  attention_heads=2, text_width=16))
-    assemble_pipeline(components, 1.0).save_pretrained(folder)
+    tiny_shapes_pipeline(folder)
     return load_pipeline(folder)
 
 

@@ -118,3 +118,17 @@ def tiny_sd_pipeline(folder: Path, words: Iterable[str], split_words: Iterable[s
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def tiny_shapes_pipeline(folder: Path | None = None, seed: int = 0):
+    """A tiny random shapes-world StableDiffusionPipeline (the world's real architecture, shrunk).
+
+    Saved to `folder` when given; returns the pipeline either way.
+    """
+    from groundiff.worlds.shapes_diffusion import DiffusionConfig, assemble_pipeline, build_components
+
+    cfg = DiffusionConfig(seed=seed, vae_channels=8, block_out_channels=(8, 16, 16), attention_heads=2, text_width=16)
+    pipe = assemble_pipeline(build_components(cfg), 1.0)
+    if folder is not None:
+        pipe.save_pretrained(folder)
+    return pipe
