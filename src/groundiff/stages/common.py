@@ -145,4 +145,4 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from groundiff.checkpoint import CheckpointError  # imported only once a stage failed (torch)
     from groundiff.data.shards import ShardError
 
-    return (ParamsError, WorldError, FileNotFoundError, ShardError, CheckpointError)
+    return (ParamsError, WorldError, FileNotFoundError, ShardError, CheckpointError, ValueError)
