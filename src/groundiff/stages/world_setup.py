@@ -1,6 +1,6 @@
 """Stage `world_setup`: check that the chosen world is complete before any long stage runs.
 
-shapes: validates the vocabulary and split and says which world models are present.
+shapes: validates the vocabulary and split (its models are made by the world_* stages).
 voc / coco: checks the Stable Diffusion checkpoint, the COCO oracle weights and the dataset
 root, and fails with one message listing everything missing and how to provide it.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from groundiff.stages.common import SHAPES_DETECTOR, SHAPES_PIPELINE, Params, run_stage, write_json
+from groundiff.stages.common import Params, run_stage, write_json
 from groundiff.worlds.paper import vocabulary
 from groundiff.worlds.preflight import PaperWorldParams, require_paper_world
 
@@ -21,11 +21,8 @@ def main() -> None:
     world = params.world.name
     if world == "shapes":
         split = params.class_split()
-        summary = {
-            "world": world, "split": params.world.split, "seen": list(split.seen), "unseen": list(split.unseen),
-            "diffusion_present": (SHAPES_PIPELINE / "model_index.json").is_file(),
-            "detector_present": (SHAPES_DETECTOR / "model.safetensors").is_file(),
-        }
+        # Its models are made by the world_* stages (or shipped in git), so there is nothing to fetch.
+        summary = {"world": world, "split": params.world.split, "seen": list(split.seen), "unseen": list(split.unseen)}
     else:
         settings = params.section(world, PaperWorldParams)
         require_paper_world(world, settings)
