@@ -31,7 +31,6 @@ with small batches, which fits a CPU budget; the lr is raised to match (see `Tra
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from groundiff import losslog
 from groundiff.checkpoint import fingerprint, load_training_state, read_meta, save_training_state
 from groundiff.data.shards import complete_shards, read_shard
 from groundiff.diffusion.capture import replay_features
@@ -283,31 +283,9 @@ def grounding_loss(logits: Tensor, targets: Tensor, found: Tensor, class_mask: T
 # --- 5. log and state -----------------------------------------------------------------------
 
 
-def _append_log(path: Path, rows: list[tuple[int, float]]) -> None:
-    if not rows and path.exists():
-        return
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(["step", "loss"])
-        writer.writerows(rows)
-
-
-def _truncate_log(path: Path, max_step: int) -> None:
-    """Drop rows past the step we resume from, so a resumed log has no duplicates."""
-    if not path.exists():
-        return
-    with path.open() as f:
-        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
-    path.unlink()
-    _append_log(path, [r for r in rows if r[0] <= max_step])
-
-
 def read_loss_log(path: Path) -> list[tuple[int, float]]:
-    """The (step, loss) rows of a training log."""
-    with Path(path).open() as f:
-        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+    """(step, loss) rows of a training log."""
+    return [(int(r["step"]), float(r["loss"])) for r in losslog.read_rows(path)]
 
 
 def _data_fingerprint(samples: Sequence[GroundingSample], synth_root: Path, labels_root: Path) -> str:
@@ -394,7 +372,7 @@ def train_grounding(pipe, synth_root: Path, labels_root: Path, seen_classes: Seq
         print(f"train_grounding: {state_path} was written for another config or data; starting over")
         state_path.unlink()
     if start:
-        _truncate_log(log_path, start)
+        losslog.truncate(log_path, start)
     else:
         log_path.unlink(missing_ok=True)
 
@@ -425,13 +403,13 @@ def train_grounding(pipe, synth_root: Path, labels_root: Path, seen_classes: Seq
         window.append(loss.item())
         last = step + 1 == cfg.steps
         if (step + 1) % cfg.log_every == 0 or last:
-            _append_log(log_path, unsaved)
+            losslog.append_rows(log_path, [{"step": st, "loss": lo} for st, lo in unsaved])
             unsaved, mean, window = [], sum(window) / len(window), []
             bar.set_postfix(loss=f"{mean:.4f}")
             if on_log:
                 on_log({"step": step + 1, "loss": mean})
         if (step + 1) % cfg.checkpoint_every == 0 or last:
-            _append_log(log_path, unsaved)  # the log must reach the state's step
+            losslog.append_rows(log_path, [{"step": st, "loss": lo} for st, lo in unsaved])  # the log must reach the state's step
             unsaved = []
             save_training_state(state_path, {"module": model}, {"adam": opt},
                                 {"step": step + 1, "fingerprint": fp, "train_seconds": time.time() - t0,

@@ -24,7 +24,6 @@ only when the fingerprint of the config, classes and the data's bytes matches.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from groundiff import losslog
 from groundiff.checkpoint import fingerprint, load_training_state, save_training_state
 from groundiff.data.voc import IGNORE, load_label_png, split_ids
 from groundiff.segmenter.model import MEAN, STD, SegmenterConfig, Segmenter, build_model
@@ -254,27 +254,6 @@ def _batch(data: SegmentationSet, cfg: SegmenterConfig, step: int, num_labels: i
     return x, mask_labels, class_labels, valid
 
 
-def _truncate_log(path: Path, last_step: int) -> None:
-    """Drop log rows past the checkpoint we resume from (they will be redone)."""
-    if not path.exists():
-        return
-    with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= last_step]
-    _write_rows(path, rows, append=False)
-
-
-def _write_rows(path: Path, rows: list[dict], append: bool = True) -> None:
-    if not rows and append:
-        return
-    new = not append or not path.exists()
-    fields = ["step", "loss", "loss_cross_entropy", "loss_mask", "loss_dice", "lr"]
-    with path.open("a" if append else "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
 def train_segmenter(sources: Sequence[DataSource], classes: Sequence[str], cfg: SegmenterConfig, work_dir: Path,
                     device: str = "cpu", on_log: Callable[[dict], None] | None = None,
                     progress: bool = True) -> tuple[Segmenter, dict]:
@@ -305,7 +284,7 @@ def train_segmenter(sources: Sequence[DataSource], classes: Sequence[str], cfg: 
     start = 0
     if state.exists() and fp_file.exists() and fp_file.read_text() == fp:
         start = load_training_state(state, {"model": model}, {"main": opt})["step"]
-        _truncate_log(log_path, start)
+        losslog.truncate(log_path, start)
     else:
         for path in (state, log_path):
             path.unlink(missing_ok=True)
@@ -334,7 +313,7 @@ def train_segmenter(sources: Sequence[DataSource], classes: Sequence[str], cfg: 
         pending.append(row)
         done = step + 1 == cfg.steps
         if (step + 1) % cfg.checkpoint_every == 0 or done:
-            _write_rows(log_path, pending)
+            losslog.append_rows(log_path, pending)
             pending = []
             save_training_state(state, {"model": model}, {"main": opt}, {"step": step + 1})
         if (step + 1) % cfg.log_every == 0 or done:
@@ -347,8 +326,7 @@ def train_segmenter(sources: Sequence[DataSource], classes: Sequence[str], cfg: 
     model.eval()
     seconds = time.time() - t0
     if last is None and log_path.exists():  # nothing left to train: report the logged end
-        with log_path.open(newline="") as f:
-            tail = list(csv.DictReader(f))[-cfg.log_every:]
+        tail = losslog.read_rows(log_path)[-cfg.log_every:]
         last = {"loss": float(np.mean([float(r["loss"]) for r in tail]))} if tail else None
     summary = {
         "samples": data.counts(), "steps": cfg.steps, "resumed_from": start,

@@ -8,7 +8,6 @@ Training is resumable from a safetensors state and deterministic for a seed.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -22,6 +21,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
+from groundiff import losslog
 from groundiff.checkpoint import fingerprint, load_training_state, save_training_state
 from groundiff.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
 
@@ -115,6 +115,7 @@ def train_detector(data_root: Path, classes: tuple[str, ...], cfg: DetectorConfi
     start = 0
     if state.exists() and fp_file.exists() and fp_file.read_text() == fp:
         start = load_training_state(state, {"model": model}, {"main": opt})["step"]
+        losslog.truncate(log_path, start)
     else:
         for path in (state, log_path):
             path.unlink(missing_ok=True)
@@ -139,12 +140,7 @@ def train_detector(data_root: Path, classes: tuple[str, ...], cfg: DetectorConfi
         rows.append({"step": step + 1, "loss": loss.item(), **{k: v.item() for k, v in losses.items()}})
         if (step + 1) % 20 == 0 or step + 1 == cfg.steps:
             bar.set_postfix(loss=f"{np.mean([r['loss'] for r in rows]):.3f}")
-            new = not log_path.exists()
-            with log_path.open("a", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                if new:
-                    writer.writeheader()
-                writer.writerows(rows)
+            losslog.append_rows(log_path, rows)
             if on_log:
                 on_log({"loss": float(np.mean([r["loss"] for r in rows])), "step": step + 1,
                         "seconds": time.time() - t0})

@@ -19,7 +19,6 @@ Training is a pure function of the config: batch `s` is rendered from seeds deri
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from groundiff import losslog
 from groundiff.checkpoint import fingerprint, load_training_state, save_training_state
 from groundiff.worlds.shapes import BACKGROUND_COLOURS, CLASSES, OBJECT_COLOURS, Scene, SceneSpec, render_scene
 from groundiff.worlds.tokenizer import build_word_tokenizer
@@ -232,29 +232,6 @@ def _autocast(opts: RunOptions):
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=opts.mixed_precision == "bf16")
 
 
-def _append_log(path: Path, rows: list[dict], header: list[str]) -> None:
-    new = not path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
-def _truncate_log(path: Path, max_step: int) -> None:
-    """Drop log rows past the checkpoint we resume from, so a resumed log has no duplicates."""
-    if not path.exists():
-        return
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    header = list(rows[0].keys()) if rows else []
-    path.unlink()
-    kept = [r for r in rows if int(r["step"]) <= max_step]
-    if kept:
-        _append_log(path, kept, header)
-
-
 def train_vae(vae, cfg: DiffusionConfig, opts: RunOptions, work_dir: Path,
               on_log: Callable[[dict], None] | None = None) -> dict:
     """Phase 1: the autoencoder, on the posterior mean (MSE + L1; tiny KL keeps latents bounded)."""
@@ -263,7 +240,7 @@ def train_vae(vae, cfg: DiffusionConfig, opts: RunOptions, work_dir: Path,
     start = 0
     if ckpt.exists():
         start = load_training_state(ckpt, {"vae": vae}, {"vae": opt})["step"]
-        _truncate_log(log_path, start)
+        losslog.truncate(log_path, start)
     vae.to(opts.device).train()
     rows: list[dict] = []
     bar = tqdm(range(start, cfg.vae_steps), initial=start, total=cfg.vae_steps, desc="vae", mininterval=5)
@@ -286,7 +263,7 @@ def train_vae(vae, cfg: DiffusionConfig, opts: RunOptions, work_dir: Path,
         rows.append({"step": step + 1, "loss": loss.item(), "psnr": psnr})
         bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.1f}")
         if (step + 1) % opts.log_every == 0 or step + 1 == cfg.vae_steps:
-            _append_log(log_path, rows, ["step", "loss", "psnr"])
+            losslog.append_rows(log_path, rows)
             if on_log:
                 on_log({"vae_loss": rows[-1]["loss"], "vae_psnr": psnr, "step": step + 1})
             rows = []
@@ -331,7 +308,7 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
             {"unet": unet, "text": text_encoder, "ema_unet": ema_unet.shadow, "ema_text": ema_text.shadow},
             {"main": opt},
         )["step"]
-        _truncate_log(log_path, start)
+        losslog.truncate(log_path, start)
     alphas = noise_scheduler.alphas_cumprod.to(dev)
     rows: list[dict] = []
     t0, seen = time.time(), 0
@@ -364,7 +341,7 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
             avg = sum(r["loss"] for r in rows) / len(rows)
             rate = seen / (time.time() - t0)
             bar.set_postfix(loss=f"{avg:.4f}", img_s=f"{rate:.1f}")
-            _append_log(log_path, rows, ["step", "loss", "lr"])
+            losslog.append_rows(log_path, rows)
             if on_log:
                 on_log({"unet_loss": avg, "images_per_s": rate, "step": step + 1})
             rows = []
@@ -384,8 +361,7 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
 
 
 def _mean_tail(log_path: Path, n: int = 200) -> float:
-    with log_path.open() as f:
-        losses = [float(r["loss"]) for r in csv.DictReader(f)][-n:]
+    losses = [float(r["loss"]) for r in losslog.read_rows(log_path)][-n:]
     return sum(losses) / max(len(losses), 1)
 
 
