@@ -132,3 +132,29 @@ def load_training_state(
             state.setdefault(int(idx), {}).update(scalars)
         opt.load_state_dict({"state": state, "param_groups": opt_meta[name]["param_groups"]})
     return json.loads(metadata["meta"])
+
+
+def resume_or_reset(work_dir: Path, fp: str, modules: dict, optimizers: dict, log_path: Path | None = None,
+                    state_name: str = "state.safetensors", fp_name: str = "fingerprint") -> int:
+    """Resume a training run from `work_dir` if its state was written for fingerprint `fp`.
+
+    Restores `modules`/`optimizers` in place and returns the step to continue from, with the
+    loss log cut back to that step; for another fingerprint (other params or data) the stale
+    state and log are deleted and 0 is returned.
+    """
+    from groundiff import losslog
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    state, fp_file = work_dir / state_name, work_dir / fp_name
+    start = 0
+    if state.exists() and fp_file.exists() and fp_file.read_text() == fp:
+        start = load_training_state(state, modules, optimizers)["step"]
+        if log_path is not None:
+            losslog.truncate(log_path, start)
+    else:
+        state.unlink(missing_ok=True)
+        if log_path is not None:
+            log_path.unlink(missing_ok=True)
+    fp_file.write_text(fp)
+    return start

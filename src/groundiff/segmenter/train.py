@@ -37,7 +37,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from groundiff import losslog
-from groundiff.checkpoint import fingerprint, load_training_state, save_training_state
+from groundiff.checkpoint import fingerprint, resume_or_reset, save_training_state
 from groundiff.data.voc import IGNORE, load_label_png, split_ids
 from groundiff.segmenter.model import MEAN, STD, SegmenterConfig, Segmenter, build_model
 
@@ -278,17 +278,9 @@ def train_segmenter(sources: Sequence[DataSource], classes: Sequence[str], cfg: 
 
     # 2. resume when config, classes and data are unchanged
     work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    state, log_path, fp_file = work_dir / "state.safetensors", work_dir / "log.csv", work_dir / "fingerprint"
+    state, log_path = work_dir / "state.safetensors", work_dir / "log.csv"
     fp = fingerprint([asdict(cfg), list(classes), [asdict(s) for s in data.sources], data.fingerprint()])
-    start = 0
-    if state.exists() and fp_file.exists() and fp_file.read_text() == fp:
-        start = load_training_state(state, {"model": model}, {"main": opt})["step"]
-        losslog.truncate(log_path, start)
-    else:
-        for path in (state, log_path):
-            path.unlink(missing_ok=True)
-    fp_file.write_text(fp)
+    start = resume_or_reset(work_dir, fp, {"model": model}, {"main": opt}, log_path)
 
     # 3. train
     model.train()

@@ -22,7 +22,7 @@ from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from groundiff import losslog
-from groundiff.checkpoint import fingerprint, load_training_state, save_training_state
+from groundiff.checkpoint import fingerprint, resume_or_reset, save_training_state
 from groundiff.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
 
 
@@ -109,17 +109,9 @@ def train_detector(data_root: Path, classes: tuple[str, ...], cfg: DetectorConfi
     arch = arch_for(cfg, classes)
     model = build_maskrcnn(arch).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    state, log_path, fp_file = work_dir / "state.safetensors", work_dir / "log.csv", work_dir / "config_fingerprint"
+    state, log_path = work_dir / "state.safetensors", work_dir / "log.csv"
     fp = fingerprint([asdict(cfg), list(classes)])
-    start = 0
-    if state.exists() and fp_file.exists() and fp_file.read_text() == fp:
-        start = load_training_state(state, {"model": model}, {"main": opt})["step"]
-        losslog.truncate(log_path, start)
-    else:
-        for path in (state, log_path):
-            path.unlink(missing_ok=True)
-    fp_file.write_text(fp)
+    start = resume_or_reset(work_dir, fp, {"model": model}, {"main": opt}, log_path, fp_name="config_fingerprint")
     samples = load_coco_split(data_root, "train")
     model.train()
     t0, rows = time.time(), []
