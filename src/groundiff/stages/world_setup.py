@@ -7,9 +7,10 @@ root, and fails with one message listing everything missing and how to provide i
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from groundiff.stages.common import Params, run_stage, write_json
+from groundiff.stages.common import Params, project_path, run_stage, write_json
 from groundiff.worlds.paper import vocabulary
 from groundiff.worlds.preflight import PaperWorldParams, require_paper_world
 
@@ -25,6 +26,8 @@ def main() -> None:
         summary = {"world": world, "split": params.world.split, "seen": list(split.seen), "unseen": list(split.unseen)}
     else:
         settings = params.section(world, PaperWorldParams)
+        # Datasets live inside the project (e.g. data/VOCdevkit/VOC2012): paths from params may not leave it.
+        settings = replace(settings, data_root=str(project_path(settings.data_root)) if settings.data_root else "")
         require_paper_world(world, settings)
         classes, splits = vocabulary(world)
         unseen = splits.get(params.world.split)
