@@ -12,7 +12,7 @@ from pathlib import Path
 
 from groundiff import tracking
 from groundiff.config import to_dict
-from groundiff.stages.common import Params, run_stage, write_json
+from groundiff.stages.common import Params, atomic_dir, run_stage, write_json
 from groundiff.worlds.shapes_detector import DetectorConfig, evaluate_mask_ap, train_detector
 
 DATA = Path("data/shapes/real")
@@ -30,11 +30,8 @@ def main() -> None:
         oracle = train_detector(DATA, split.classes, cfg, STATE, device=params.world.device,
                                 on_log=lambda m: run.log_metrics({"loss": m["loss"]}, step=m["step"]))
         metrics = evaluate_mask_ap(oracle, DATA, "val")
-        tmp = OUT.with_name(OUT.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        oracle.save_pretrained(tmp)
-        shutil.rmtree(OUT, ignore_errors=True)
-        tmp.rename(OUT)
+        with atomic_dir(OUT) as tmp:
+            oracle.save_pretrained(tmp)
         LOSS_PLOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(STATE / "log.csv", LOSS_PLOT)
         write_json(METRICS, metrics)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from groundiff import tracking
 from groundiff.config import to_dict
-from groundiff.stages.common import Params, run_stage, write_json
+from groundiff import losslog
+from groundiff.stages.common import Params, atomic_dir, run_stage, write_json
 from groundiff.worlds.shapes_diffusion import DiffusionConfig, RunOptions, train_diffusion
 
 OUT = Path("worlds/shapes/diffusion")
@@ -35,15 +36,11 @@ def main() -> None:
     p = params.section("world_diffusion", WorldDiffusionParams)
     opts = RunOptions(**{**to_dict(p.run), "device": params.world.device})
     with tracking.stage_run("world_diffusion", {"model": to_dict(p.model), "run": to_dict(opts)}) as run:
-        tmp = OUT.with_name(OUT.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        metrics = train_diffusion(p.model, opts, tmp, STATE, on_log=lambda m: run.log_metrics(
-            {k: v for k, v in m.items() if k != "step"}, step=m["step"]))
-        shutil.rmtree(OUT, ignore_errors=True)
-        tmp.rename(OUT)
+        with atomic_dir(OUT) as tmp:
+            metrics = train_diffusion(p.model, opts, tmp, STATE, on_log=lambda m: run.log_metrics(
+                {k: v for k, v in m.items() if k != "step"}, step=m["step"]))
         # The UNet loss curve as a DVC plot (smoothed over log intervals to keep the file small).
-        with (STATE / "unet_log.csv").open() as f:
-            rows = list(csv.DictReader(f))
+        rows = losslog.read_rows(STATE / "unet_log.csv")
         LOSS_PLOT.parent.mkdir(parents=True, exist_ok=True)
         with LOSS_PLOT.open("w", newline="") as f:
             writer = csv.writer(f)
