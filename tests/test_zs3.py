@@ -13,7 +13,8 @@ from groundiff.config import ParamsError
 from groundiff.data.voc import VOCWriter, read_split
 from groundiff.stages import eval_zs3, train_segmenter, world_data
 from groundiff.stages.common import Params
-from groundiff.stages.train_segmenter import REAL, SYNTH, TrainSegmenterParams
+from groundiff.stages.common import real_data
+from groundiff.stages.train_segmenter import SYNTH, TrainSegmenterParams
 from groundiff.worlds.base import make_split
 from groundiff.zs3 import PAPER_VARIANTS, VariantSpec, markdown_table, pick_figure_images, score_confusion, variant_sources
 
@@ -52,9 +53,9 @@ def test_params_define_the_paper_variants():
     assert list(cfg.variants) == ["A", "B", "C", "D", "E", "real_seen", "real_all"]
 
 
-def test_variant_sources_in_order():
+def test_variant_sources_in_order(project):
     split = make_split("shapes", ["circle", "ring", "square"], ["ring"])
-    real = REAL["shapes"]
+    real = real_data(Params())
     src = {name: variant_sources(spec, split, real, "synth") for name, spec in PAPER_VARIANTS.items()}
     as_tuples = {k: [(s.root, s.split, s.labels, s.ignore_labels) for s in v] for k, v in src.items()}
     seen_real = ("data/shapes/real", "train", "SegmentationClass", (2,))  # ring hidden at load time too

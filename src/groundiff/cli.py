@@ -2,6 +2,7 @@
 
     groundiff generate "a photograph of a star and a ring" --classes star ring --seed 0 --out out/
     groundiff classes            # the world's vocabulary and its seen/unseen split
+    groundiff world voc          # switch params.yaml to the paper's VOC world (its settings too)
 
 Reads params.yaml in the current directory (the project root) for the world, its models and the
 sampling settings; the grounding module comes from `models/grounding` (train_grounding's output).
@@ -54,6 +55,31 @@ def _classes(args: argparse.Namespace) -> None:
     print("unseen: " + ", ".join(split.unseen))
 
 
+def _world(args: argparse.Namespace) -> None:
+    from groundiff.stages.common import Params
+    from groundiff.worlds.presets import apply_preset
+
+    overrides = {"world.split": args.split} if args.split is not None else {}
+    if args.device:
+        overrides["world.device"] = args.device
+    path = Path(args.params)
+    original = path.read_text()
+    changes = apply_preset(path, args.world, overrides)
+    try:  # the result must validate; otherwise params.yaml is left as it was
+        params = Params(path)
+        split = params.class_split()
+    except Exception:
+        path.write_text(original)
+        raise
+    print(f"params.yaml: world {args.world}, split {params.world.split} ({len(split.seen)} seen, "
+          f"{len(split.unseen)} unseen), device {params.world.device}; {len(changes)} key(s) changed")
+    for line in changes:
+        print("  " + line)
+    if args.world != "shapes":
+        print(f"next: set {args.world}.diffusion / oracle / data_root in params.yaml if needed, then "
+              f"`dvc repro world_setup` checks everything is in place (docs/gpu.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groundiff", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_generate)
     cls = sub.add_parser("classes", help="list the world's classes and seen/unseen split")
     cls.set_defaults(func=_classes)
+    world = sub.add_parser("world", help="switch params.yaml to a world and its settings (shapes, voc, coco)")
+    world.add_argument("world", choices=["shapes", "voc", "coco"])
+    world.add_argument("--split", type=int, default=None,
+                       help="seen/unseen split (voc: 1-3 for Protocol I, 0 = ZS3Net's unseen set for Protocol II)")
+    world.add_argument("--device", default=None, help="torch device (default: cuda for voc/coco, cpu for shapes)")
+    world.add_argument("--params", default="params.yaml", help="the params file to rewrite")
+    world.set_defaults(func=_world)
     return parser
 
 
@@ -77,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ParamsError, WorldError, FileNotFoundError, ValueError) as err:
+    except (ParamsError, WorldError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"groundiff: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -11,9 +11,30 @@ from PIL import Image, ImageDraw, ImageFont
 MASK_COLOURS = np.array([(255, 64, 64), (64, 160, 255), (255, 220, 0), (0, 220, 120), (200, 80, 255)], np.uint8)
 
 
+#: Largest tile side in pixels: real photos (VOC, 500x375; SD, 512x512) are shrunk to fit it.
+MAX_TILE = 256
+
+
 def upscale(image: np.ndarray, scale: int) -> np.ndarray:
     """Nearest-neighbour upscaling: tiny images stay crisp."""
     return image.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def _tiles(images: list[np.ndarray], scale: int) -> tuple[list[Image.Image], int, int]:
+    """Images as equally sized tiles: tiny ones upscaled by `scale`; photos of any size letterboxed
+    into MAX_TILE x MAX_TILE (nearest-neighbour, so label maps keep their colours)."""
+    h, w = images[0].shape[:2]
+    if all(im.shape[:2] == (h, w) for im in images) and max(h, w) * scale <= MAX_TILE:
+        return [Image.fromarray(upscale(im, scale)) for im in images], w * scale, h * scale
+    tiles = []
+    for im in images:
+        tile = Image.new("RGB", (MAX_TILE, MAX_TILE), "white")
+        thumb = Image.fromarray(im).convert("RGB")
+        ratio = MAX_TILE / max(thumb.size)
+        thumb = thumb.resize((max(1, round(thumb.width * ratio)), max(1, round(thumb.height * ratio))), Image.NEAREST)
+        tile.paste(thumb, ((MAX_TILE - thumb.width) // 2, (MAX_TILE - thumb.height) // 2))
+        tiles.append(tile)
+    return tiles, MAX_TILE, MAX_TILE
 
 
 def overlay(image: np.ndarray, masks: list[np.ndarray | None], alpha: float = 0.55) -> np.ndarray:
@@ -33,26 +54,28 @@ def captioned_grid(images: list[np.ndarray], captions: list[str], columns: int =
     if not images:
         raise ValueError("captioned_grid needs at least one image")
     font = ImageFont.load_default()
-    h, w = images[0].shape[:2]
-    tile_w, text_h = w * scale, 12 * caption_lines + 4
+    tiles, tile_w, tile_h = _tiles(images, scale)
+    text_h = 12 * caption_lines + 4
     rows = (len(images) + columns - 1) // columns
-    canvas = Image.new("RGB", (columns * tile_w, rows * (h * scale + text_h)), "white")
+    canvas = Image.new("RGB", (columns * tile_w, rows * (tile_h + text_h)), "white")
     draw = ImageDraw.Draw(canvas)
-    for i, (image, caption) in enumerate(zip(images, captions)):
-        x, y = (i % columns) * tile_w, (i // columns) * (h * scale + text_h)
-        canvas.paste(Image.fromarray(upscale(image, scale)), (x, y))
+    for i, (tile, caption) in enumerate(zip(tiles, captions)):
+        x, y = (i % columns) * tile_w, (i // columns) * (tile_h + text_h)
+        canvas.paste(tile, (x, y))
         lines = textwrap.wrap(caption, chars_per_line)[:caption_lines]
         for j, line in enumerate(lines):
-            draw.text((x + 2, y + h * scale + 2 + 12 * j), line, fill="black", font=font)
+            draw.text((x + 2, y + tile_h + 2 + 12 * j), line, fill="black", font=font)
     return canvas
 
 
 def image_rows(rows: list[list[np.ndarray]], scale: int = 4, gap: int = 2) -> Image.Image:
     """A table of equally sized images (e.g. image | oracle | ours | DAAM per row)."""
-    h, w = rows[0][0].shape[:2]
+    tiles, tile_w, tile_h = _tiles([image for row in rows for image in row], scale)
     cols = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (cols * (w * scale + gap), len(rows) * (h * scale + gap)), "white")
+    canvas = Image.new("RGB", (cols * (tile_w + gap), len(rows) * (tile_h + gap)), "white")
+    k = 0
     for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            canvas.paste(Image.fromarray(upscale(image, scale)), (c * (w * scale + gap), r * (h * scale + gap)))
+        for c in range(len(row)):
+            canvas.paste(tiles[k], (c * (tile_w + gap), r * (tile_h + gap)))
+            k += 1
     return canvas

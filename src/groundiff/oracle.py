@@ -209,8 +209,23 @@ def _map_detections(names: list[str], scores: np.ndarray, masks: np.ndarray, wor
     return Detections([out_names[i] for i in order], scores[keep].astype(np.float32), masks[keep])
 
 
+class _COCODetector:
+    """What every COCO-trained oracle shares: its categories, seen through the world's names."""
+
+    world: str
+    categories: list[str]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The world's classes this detector can find (VOC: all 20 of its 80 COCO classes)."""
+        from groundiff.worlds.paper import coco_name_in
+
+        names = (coco_name_in(self.world, c) for c in self.categories if c not in ("__background__", "N/A"))
+        return tuple(n for n in names if n is not None)
+
+
 @dataclass
-class TorchvisionCOCOOracle:
+class TorchvisionCOCOOracle(_COCODetector):
     """torchvision's COCO Mask R-CNN (ResNet-50 FPN, v1 or v2) as the oracle of the voc/coco worlds.
 
     weights: a local state-dict file (.pth via `torch.load(weights_only=True)`, or .safetensors),
@@ -263,13 +278,6 @@ class TorchvisionCOCOOracle:
         model.roi_heads.score_thresh = score_threshold  # torchvision's default (0.05) would hide lower ones
         return cls(model.to(device).eval(), world, categories, score_threshold, mask_threshold, device)
 
-    @property
-    def classes(self) -> tuple[str, ...]:
-        from groundiff.worlds.paper import coco_name_in
-
-        names = (coco_name_in(self.world, c) for c in self.categories if c not in ("__background__", "N/A"))
-        return tuple(n for n in names if n is not None)
-
     @torch.no_grad()
     def detect(self, images: list[np.ndarray]) -> list[Detections]:
         tensors = [torch.from_numpy(im).permute(2, 0, 1).float().div(255).to(self.device) for im in images]
@@ -282,7 +290,7 @@ class TorchvisionCOCOOracle:
         return results
 
 
-class MMDetOracle:
+class MMDetOracle(_COCODetector):
     """The paper's exact oracle: an mmdetection Mask R-CNN (Swin-S, 3x), when mmdet is installed."""
 
     def __init__(self, world: str, config: str, checkpoint: str, device: str = "cpu",
@@ -312,7 +320,7 @@ class MMDetOracle:
         return results
 
 
-class Detectron2Oracle:
+class Detectron2Oracle(_COCODetector):
     """A detectron2 COCO Mask R-CNN as the oracle, when detectron2 is installed."""
 
     def __init__(self, world: str, config: str, checkpoint: str, device: str = "cpu",

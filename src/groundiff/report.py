@@ -62,14 +62,21 @@ def protocol2_section(metrics: dict | None) -> str:
 def world_section(params: dict, root: Path) -> str:
     world = params.get("world", {})
     lines = [f"## The world: `{world.get('name')}`, split {world.get('split')}", ""]
-    if world.get("name") == "shapes":
+    setup = _load(root / "metrics/world_setup.json")
+    if setup:  # world_setup's summary: the split as the stages saw it, for every world
+        lines += [f"- seen classes: {', '.join(setup['seen'])}", f"- unseen classes: {', '.join(setup['unseen'])}"]
+    elif world.get("name") == "shapes":
         shapes = params.get("shapes", {})
         unseen = shapes.get("splits", {}).get(world.get("split"), [])
         seen = [c for c in shapes.get("classes", []) if c not in unseen]
         lines += [f"- seen classes: {', '.join(seen)}", f"- unseen classes: {', '.join(unseen)}"]
+    if world.get("name") in ("voc", "coco"):
+        settings = params.get(world["name"], {})
+        lines.append(f"- diffusion model: `{settings.get('diffusion')}`; oracle: "
+                     f"`{json.dumps(settings.get('oracle', {}), sort_keys=True)}`")
     detector = _load(root / "metrics/world_detector.json")
     fidelity = _load(root / "metrics/world_fidelity.json")
-    if detector:
+    if detector and "mask_ap50" in detector:
         lines.append(f"- oracle detector: mask AP@0.5 {detector['mask_ap50']:.3f} on rendered val")
     if fidelity:
         lines.append(f"- diffusion fidelity: prompted class found in {100 * fidelity['one_object_recall']:.1f}% "

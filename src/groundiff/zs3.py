@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from groundiff.data.voc import IGNORE, read_split, voc_palette
-from groundiff.figures import captioned_grid
+from groundiff.figures import MAX_TILE, captioned_grid
 from groundiff.metrics import class_iou, confusion_matrix, zero_shot_scores
 from groundiff.segmenter import DataSource, Segmenter
 from groundiff.worlds.base import ClassSplit
@@ -228,7 +228,7 @@ def prediction_figure(images: Sequence[np.ndarray], truths: Sequence[np.ndarray]
         tiles.append(colourise(np.full((h, w), label, np.uint8)))
         captions.append(f"{label}: {name}{'*' if name in split.unseen else ''}")
     grid = captioned_grid(tiles, captions, columns=2 + len(predictions), scale=scale, caption_lines=2,
-                          chars_per_line=max(8, scale * images[0].shape[1] // 6))
+                          chars_per_line=max(8, min(scale * images[0].shape[1], MAX_TILE) // 6))
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path

@@ -12,13 +12,19 @@ import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from groundiff.config import ParamsError, from_params, load_params
 from groundiff.worlds.base import ClassSplit, WorldError, check_world_name, make_split
+from groundiff.worlds.paper import PAPER_WORLDS, vocabulary
+from groundiff.worlds.preflight import PaperWorldParams, looks_like_hub_id
 from groundiff.worlds.shapes import CLASSES as SHAPE_CLASSES
+
+if TYPE_CHECKING:
+    from groundiff.oracle import Oracle
+    from groundiff.zs3 import RealData
 
 T = TypeVar("T")
 
@@ -63,13 +69,34 @@ class Params:
     def section(self, name: str, cls: type[T]) -> T:
         return from_params(cls, self.raw.get(name), name)
 
+    def paper_world(self) -> PaperWorldParams:
+        """params.yaml `voc:` / `coco:` of the active paper world, local paths resolved in the project."""
+        if self.world.name not in PAPER_WORLDS:
+            raise WorldError(f"world {self.world.name!r} is not a paper world ({', '.join(PAPER_WORLDS)})")
+        settings = self.section(self.world.name, PaperWorldParams)
+        diffusion = settings.diffusion
+        if not looks_like_hub_id(diffusion):  # a local pipeline folder: it must live in the project
+            diffusion = str(project_path(diffusion))
+        oracle = settings.oracle
+        if oracle.weights != "torchvision":
+            oracle = replace(oracle, weights=str(project_path(oracle.weights)))
+        if oracle.config:
+            oracle = replace(oracle, config=str(project_path(oracle.config)))
+        return replace(settings, diffusion=diffusion, oracle=oracle,
+                       data_root=str(project_path(settings.data_root)) if settings.data_root else "",
+                       sbd_root=str(project_path(settings.sbd_root)) if settings.sbd_root else "")
+
     def class_split(self) -> ClassSplit:
         """The active world's vocabulary and its seen/unseen split."""
-        if self.world.name != "shapes":
-            raise WorldError(
-                f"world {self.world.name!r} is not available in this version of groundiff; "
-                "set world.name: shapes in params.yaml"
-            )
+        if self.world.name in PAPER_WORLDS:
+            classes, splits = vocabulary(self.world.name)
+            if self.world.split not in splits:
+                raise WorldError(
+                    f"world.split is {self.world.split}, but the {self.world.name} world has splits "
+                    f"{sorted(splits)} (PAPER.md; voc split 0 = ZS3Net's unseen set for Protocol II)"
+                )
+            return make_split(self.world.name, classes, splits[self.world.split],
+                              where=f"the {self.world.name} world's split {self.world.split}")
         shapes = self.section("shapes", ShapesParams)
         if self.world.split not in shapes.splits:
             raise WorldError(
@@ -88,13 +115,47 @@ SHAPES_DETECTOR = Path("worlds/shapes/detector")
 def world_pipeline(params: "Params") -> str:
     """The diffusers pipeline (folder or hub id) of the active world."""
     params.class_split()  # validates the world
+    if params.world.name in PAPER_WORLDS:
+        return params.paper_world().diffusion
     return str(SHAPES_PIPELINE)
 
 
-def world_detector(params: "Params") -> str:
-    """The oracle detector folder of the active world."""
+def oracle_id(params: "Params") -> str:
+    """The active world's oracle, as it enters output fingerprints (a folder, a file or an id)."""
     params.class_split()
+    if params.world.name in PAPER_WORLDS:
+        oracle = params.paper_world().oracle
+        return f"{oracle.backend}:{oracle.arch}" if oracle.weights == "torchvision" else oracle.weights
     return str(SHAPES_DETECTOR)
+
+
+def load_oracle(params: "Params", score_threshold: float = 0.05) -> "Oracle":
+    """The active world's oracle detector: the shapes world's own Mask R-CNN, or a COCO Mask R-CNN
+    (torchvision, mmdetection or detectron2) speaking the paper world's class names."""
+    from groundiff.oracle import Detectron2Oracle, MMDetOracle, TorchvisionCOCOOracle, TorchvisionOracle
+
+    device = params.world.device
+    params.class_split()
+    if params.world.name not in PAPER_WORLDS:
+        return TorchvisionOracle.from_pretrained(SHAPES_DETECTOR, device, score_threshold=score_threshold)
+    world, oracle = params.world.name, params.paper_world().oracle
+    if oracle.backend == "mmdet":
+        return MMDetOracle(world, oracle.config, oracle.weights, device, score_threshold=score_threshold)
+    if oracle.backend == "detectron2":
+        return Detectron2Oracle(world, oracle.config, oracle.weights, device, score_threshold=score_threshold)
+    return TorchvisionCOCOOracle.load(world, oracle.weights, oracle.arch, device, score_threshold=score_threshold,
+                                      min_size=oracle.min_size)
+
+
+def real_data(params: "Params") -> "RealData":
+    """The active world's real labelled data (VOC layout, written by world_data)."""
+    from groundiff.zs3 import RealData
+
+    params.class_split()
+    if params.world.name == "shapes":
+        return RealData("data/shapes/real", "train", "SegmentationClass", "SegmentationClassFull")
+    # voc / coco: every class is labelled on disk; seen-only variants hide the unseen ones at load.
+    return RealData(f"data/{params.world.name}/real", "train", "SegmentationClass", "SegmentationClass")
 
 
 def project_path(path: str | Path, root: Path | None = None) -> Path:

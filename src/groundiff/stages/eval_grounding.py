@@ -20,10 +20,9 @@ from groundiff.config import ParamsError, to_dict
 from groundiff.data.prompts import PromptConfig
 from groundiff.diffusion.pipeline import load_pipeline
 from groundiff.grounding import GroundingModule
-from groundiff.oracle import TorchvisionOracle
 from groundiff.protocol1 import (EvalConfig, evaluate, flat_metrics, markdown_report, overlay_figure,
                                  protocol1_prompts)
-from groundiff.stages.common import Params, run_stage, world_detector, world_pipeline, write_json
+from groundiff.stages.common import Params, load_oracle, run_stage, world_pipeline, write_json
 
 GROUNDING = Path("models/grounding")
 METRICS = Path("metrics/protocol1.json")
@@ -57,8 +56,7 @@ def main() -> None:
     logged = {"eval_grounding": to_dict(cfg), "world": to_dict(params.world)}
     with tracking.stage_run("eval_grounding", logged) as run:
         pipe = load_pipeline(world_pipeline(params), device)
-        oracle = TorchvisionOracle.from_pretrained(world_detector(params), device,
-                                                   score_threshold=cfg.oracle_score_threshold)
+        oracle = load_oracle(params, score_threshold=cfg.oracle_score_threshold)
         model = GroundingModule.from_pretrained(GROUNDING, device)
         table = protocol1_prompts(split, cfg)
         result = evaluate(pipe, oracle, model, table, split, cfg)

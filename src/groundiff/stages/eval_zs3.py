@@ -16,8 +16,8 @@ from groundiff import tracking
 from groundiff.config import to_dict
 from groundiff.data.voc import read_split
 from groundiff.segmenter import Segmenter
-from groundiff.stages.common import Params, run_stage, write_json
-from groundiff.stages.train_segmenter import MODELS, REAL, TrainSegmenterParams
+from groundiff.stages.common import Params, real_data, run_stage, write_json
+from groundiff.stages.train_segmenter import MODELS, TrainSegmenterParams
 from groundiff.zs3 import BACKGROUND_MODES, evaluate, markdown_table, pick_figure_images, prediction_figure
 
 METRICS = Path("metrics/zs3.json")
@@ -46,7 +46,7 @@ def main() -> None:
     cfg = params.section("eval_zs3", EvalZS3Params)
     variants = list(params.section("train_segmenter", TrainSegmenterParams).variants)
     split = params.class_split()
-    real = REAL[params.world.name]
+    real = real_data(params)
     missing = [v for v in variants if not (MODELS / v / "segmenter.json").is_file()]
     if missing:
         raise FileNotFoundError(

@@ -6,10 +6,9 @@ from pathlib import Path
 
 from groundiff import tracking
 from groundiff.config import to_dict
-from groundiff.oracle import TorchvisionOracle
 from groundiff.pseudo_label import PseudoLabelConfig, pseudo_label
 from groundiff.synthesis import model_fingerprint
-from groundiff.stages.common import Params, run_stage, world_detector, write_json
+from groundiff.stages.common import Params, load_oracle, oracle_id, run_stage, write_json
 
 SYNTH = Path("data/synth/train")
 OUT = Path("data/synth/train_labels")
@@ -19,9 +18,9 @@ METRICS = Path("metrics/pseudo_label.json")
 def main() -> None:
     params = Params()
     cfg = params.section("pseudo_label", PseudoLabelConfig)
-    source = world_detector(params)
+    source = oracle_id(params)
     with tracking.stage_run("pseudo_label", {"pseudo_label": to_dict(cfg), "world": to_dict(params.world)}) as run:
-        oracle = TorchvisionOracle.from_pretrained(source, params.world.device, score_threshold=cfg.score_threshold)
+        oracle = load_oracle(params, score_threshold=cfg.score_threshold)
         stats = pseudo_label(oracle, SYNTH, OUT, cfg, oracle_id=model_fingerprint(source))
         write_json(METRICS, stats)
         run.log_metrics({"found_rate": stats["found_rate"], "images": stats["images"]})

@@ -20,11 +20,10 @@ from pathlib import Path
 from groundiff import tracking
 from groundiff.config import ParamsError, to_dict
 from groundiff.segmenter import SegmenterConfig, train_segmenter
-from groundiff.stages.common import Params, atomic_dir, run_stage, write_json
-from groundiff.zs3 import RealData, VariantSpec, variant_sources
+from groundiff.stages.common import Params, atomic_dir, real_data, run_stage, write_json
+from groundiff.zs3 import VariantSpec, variant_sources
 
-#: The shapes world's real data (world_data) and the synthetic dataset (synth_dataset).
-REAL = {"shapes": RealData("data/shapes/real", "train", "SegmentationClass", "SegmentationClassFull")}
+#: The synthetic dataset (synth_dataset); the real data is the world's (world_data).
 SYNTH = Path("data/synth/segmentation")
 MODELS = Path("models/segmenter")
 STATE = Path("models/segmenter_state")
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     name = args[0]
     spec = cfg.variant(name)
     split = params.class_split()
-    sources = variant_sources(spec, split, REAL[params.world.name], SYNTH)
+    sources = variant_sources(spec, split, real_data(params), SYNTH)
     _check_sources(sources)
     logged = {"train_segmenter": {"segmenter": to_dict(cfg.segmenter), "variant": name, **asdict(spec),
                                   "sources": [str(s) for s in sources]},

@@ -1,4 +1,8 @@
-"""Stage `world_data`: the shapes world's real labelled datasets (VOC layout + COCO JSON)."""
+"""Stage `world_data`: the world's real labelled data, in VOC layout under `data/<world>/real`.
+
+shapes: rendered (VOC layout + COCO JSON). voc: PASCAL VOC 2012 (+ SBD) linked in. coco: COCO
+2017 instances converted to semantic label PNGs. Every later stage reads the same layout.
+"""
 
 from __future__ import annotations
 
@@ -10,40 +14,65 @@ from PIL import Image
 from groundiff import tracking
 from groundiff.config import to_dict
 from groundiff.data.voc import read_split, voc_palette
-from groundiff.stages.common import Params, atomic_dir, run_stage, write_json
+from groundiff.data.paper_data import build_coco, build_voc
+from groundiff.stages.common import Params, atomic_dir, real_data, run_stage, write_json
+from groundiff.worlds.preflight import require_paper_world
 from groundiff.worlds.shapes_data import WorldDataConfig, write_real_dataset
 
-OUT = Path("data/shapes/real")
 METRICS = Path("metrics/world_data.json")
 PREVIEW = Path("reports/figures/world_data_val.png")
 
 
-def preview(root: Path, n: int = 8, scale: int = 4) -> Image.Image:
+def preview(root: Path, n: int = 8, scale: int = 4, size: int = 32) -> Image.Image:
     """Val images above their colour-coded labels: what the dataset looks like at a glance."""
     samples = [s for _, s in zip(range(n), read_split(root, "val"))]
     palette = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
-    top = np.concatenate([img for _, img, _ in samples], axis=1)
-    bottom = np.concatenate([palette[lab] for _, _, lab in samples], axis=1)
+
+    def tile(array: np.ndarray) -> np.ndarray:  # real photos differ in size: show them all at size x size
+        return np.array(Image.fromarray(array).resize((size, size), Image.NEAREST))
+
+    top = np.concatenate([tile(img) for _, img, _ in samples], axis=1)
+    bottom = np.concatenate([tile(palette[lab]) for _, _, lab in samples], axis=1)
     grid = np.concatenate([top, bottom], axis=0)
     return Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
 
 
+def build_paper_world(params: Params, out: Path) -> dict:
+    """voc / coco: the downloaded dataset as `out` (VOC layout); returns image counts per split."""
+    world, settings = params.world.name, params.paper_world()
+    require_paper_world(world, settings)
+    with atomic_dir(out) as tmp:
+        if world == "voc":
+            sbd = Path(settings.sbd_root) if settings.sbd_root else None
+            stats = build_voc(Path(settings.data_root), tmp, sbd, settings.max_train, settings.max_val)
+        else:
+            stats = build_coco(Path(settings.data_root), tmp, settings.max_train, settings.max_val)
+    return stats
+
+
 def main() -> None:
     params = Params()
-    cfg = params.section("world_data", WorldDataConfig)
     split = params.class_split()
-    with tracking.stage_run("world_data", {"world_data": to_dict(cfg), "world": to_dict(params.world)}) as run:
-        with atomic_dir(OUT) as tmp:
-            stats = write_real_dataset(tmp, split, cfg)
+    out = Path(real_data(params).root)
+    shapes = params.world.name == "shapes"
+    cfg = params.section("world_data", WorldDataConfig) if shapes else None
+    logged = {"world": to_dict(params.world), **({"world_data": to_dict(cfg)} if shapes else {})}
+    with tracking.stage_run("world_data", logged) as run:
+        if shapes:
+            with atomic_dir(out) as tmp:
+                stats = write_real_dataset(tmp, split, cfg)
+        else:
+            stats = build_paper_world(params, out)
         write_json(METRICS, stats)
         PREVIEW.parent.mkdir(parents=True, exist_ok=True)
-        preview(OUT).save(PREVIEW)
+        preview(out).save(PREVIEW)
         run.log_metrics({
             f"{name}_{key}": value
             for name, s in stats.items() for key, value in s.items() if isinstance(value, (int, float))
         })
         run.log_artifact(PREVIEW)
-    print(f"world_data: wrote {cfg.n_train} train and {cfg.n_val} val images to {OUT}")
+    print(f"world_data: {stats['train']['images']} train and {stats['val']['images']} val images of the "
+          f"{params.world.name} world in {out}")
 
 
 if __name__ == "__main__":

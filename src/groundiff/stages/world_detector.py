@@ -3,6 +3,9 @@
 Output: `worlds/shapes/detector/` (config.json + model.safetensors), committed to git so a fresh
 clone does not retrain. Training state in `worlds/shapes/state/detector/` makes an interrupted
 run resume; it is deleted once the detector is saved.
+
+voc / coco: the oracle is a COCO-trained Mask R-CNN from outside. The stage loads it (so a bad
+checkpoint fails here, not hours later) and writes `worlds/<world>/detector/source.json`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from pathlib import Path
 
 from groundiff import tracking
 from groundiff.config import to_dict
-from groundiff.stages.common import Params, atomic_dir, run_stage, write_json
+from groundiff.stages.common import Params, atomic_dir, load_oracle, run_stage, write_json
+from groundiff.worlds.base import WorldError
+from groundiff.worlds.preflight import describe_sources, require_paper_world
 from groundiff.worlds.shapes_detector import DetectorConfig, evaluate_mask_ap, train_detector
 
 DATA = Path("data/shapes/real")
@@ -22,8 +27,30 @@ METRICS = Path("metrics/world_detector.json")
 LOSS_PLOT = Path("metrics/world_detector_loss.csv")
 
 
+def record_paper_oracle(params: Params) -> Path:
+    """voc / coco: load the external oracle once (it must load) and write its source record."""
+    world, settings = params.world.name, params.paper_world()
+    require_paper_world(world, settings)
+    oracle = load_oracle(params)
+    record = {**describe_sources(world, settings)["oracle"], "classes": list(oracle.classes)}
+    missing = sorted(set(params.class_split().classes) - set(oracle.classes))
+    if missing:
+        raise WorldError(f"the {world} oracle cannot detect {missing}; it needs every class of the world")
+    out = Path("worlds") / world / "detector"
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "source.json", record)
+    write_json(METRICS, {"world": world, "weights": record["weights"], "world_classes_detected": len(oracle.classes)})
+    LOSS_PLOT.parent.mkdir(parents=True, exist_ok=True)
+    LOSS_PLOT.write_text("step,loss\n")  # nothing was trained here
+    return out
+
+
 def main() -> None:
     params = Params()
+    if params.world.name != "shapes":
+        out = record_paper_oracle(params)
+        print(f"world_detector: the {params.world.name} world's oracle loads (recorded in {out}/source.json)")
+        return
     cfg = params.section("world_detector", DetectorConfig)
     split = params.class_split()
     with tracking.stage_run("world_detector", {"world_detector": to_dict(cfg), "world": to_dict(params.world)}) as run:

@@ -4,11 +4,16 @@ Output: a diffusers StableDiffusionPipeline folder, committed to git (cache: fal
 clone does not retrain; `dvc repro --force world_diffusion` does. Training state lives in
 `worlds/shapes/state/diffusion/` while training runs: an interrupted run resumes from its last
 checkpoint; the state is deleted once the pipeline is saved.
+
+voc / coco: Stable Diffusion comes from outside. The stage checks that the pipeline folder (or
+the hub id's cached snapshot) is complete and writes `worlds/<world>/diffusion/source.json`:
+which pipeline, and the hashes world_setup recorded, so later stages re-run when it changes.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +22,7 @@ from groundiff import tracking
 from groundiff.config import to_dict
 from groundiff import losslog
 from groundiff.stages.common import Params, atomic_dir, run_stage, write_json
+from groundiff.worlds.preflight import diffusion_folder, describe_sources, require_paper_world
 from groundiff.worlds.shapes_diffusion import DiffusionConfig, RunOptions, train_diffusion
 
 OUT = Path("worlds/shapes/diffusion")
@@ -31,8 +37,37 @@ class WorldDiffusionParams:
     run: RunOptions = field(default_factory=RunOptions)
 
 
+PIPELINE_PARTS = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+                  "tokenizer", "scheduler/scheduler_config.json")
+
+
+def record_paper_pipeline(params: Params) -> Path:
+    """voc / coco: check the external pipeline is complete; write its source record; return the folder."""
+    world, settings = params.world.name, params.paper_world()
+    require_paper_world(world, settings)
+    sources = describe_sources(world, settings)["diffusion"]
+    folder = diffusion_folder(settings.diffusion)
+    missing = [part for part in PIPELINE_PARTS if not (folder / part).exists()]
+    if missing:
+        raise FileNotFoundError(f"{settings.diffusion}: the diffusers pipeline lacks {', '.join(missing)}; "
+                                "a Stable Diffusion v1.x folder saved with save_pretrained has them all")
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    sources["unet"] = {k: unet.get(k) for k in ("sample_size", "block_out_channels", "cross_attention_dim")}
+    out = Path("worlds") / world / "diffusion"
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "source.json", sources)
+    write_json(METRICS, {"world": world, "source": settings.diffusion, **sources["unet"]})
+    LOSS_PLOT.write_text("step,loss\n")  # nothing was trained here
+    return out
+
+
 def main() -> None:
     params = Params()
+    if params.world.name != "shapes":
+        out = record_paper_pipeline(params)
+        print(f"world_diffusion: the {params.world.name} world uses {params.paper_world().diffusion} "
+              f"(recorded in {out}/source.json)")
+        return
     p = params.section("world_diffusion", WorldDiffusionParams)
     opts = RunOptions(**{**to_dict(p.run), "device": params.world.device})
     with tracking.stage_run("world_diffusion", {"model": to_dict(p.model), "run": to_dict(opts)}) as run:

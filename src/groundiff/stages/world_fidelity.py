@@ -16,12 +16,9 @@ from groundiff import tracking
 from groundiff.config import to_dict
 from groundiff.diffusion.pipeline import SamplingConfig, generate, load_pipeline
 from groundiff.figures import captioned_grid
-from groundiff.oracle import TorchvisionOracle
-from groundiff.stages.common import Params, run_stage, write_json
+from groundiff.stages.common import Params, load_oracle, run_stage, world_pipeline, write_json
 from groundiff.worlds.fidelity import FidelityConfig, fidelity_metrics, fidelity_prompts
 
-PIPELINE = Path("worlds/shapes/diffusion")
-DETECTOR = Path("worlds/shapes/detector")
 METRICS = Path("metrics/world_fidelity.json")
 TABLE = Path("reports/world_fidelity.md")
 GRID = Path("reports/figures/world_fidelity_samples.png")
@@ -55,8 +52,8 @@ def main() -> None:
     split = params.class_split()
     device = params.world.device
     with tracking.stage_run("world_fidelity", {"world_fidelity": to_dict(p), "world": to_dict(params.world)}) as run:
-        pipe = load_pipeline(PIPELINE, device)
-        oracle = TorchvisionOracle.from_pretrained(DETECTOR, device)
+        pipe = load_pipeline(world_pipeline(params), device)
+        oracle = load_oracle(params)
         table = fidelity_prompts(split.classes, p.prompts)
         images = []
         for i in tqdm(range(0, len(table), p.sampling.batch_size), desc="world_fidelity", mininterval=5):
@@ -67,8 +64,10 @@ def main() -> None:
         write_json(METRICS, metrics)
         TABLE.parent.mkdir(parents=True, exist_ok=True)
         TABLE.write_text("# World fidelity\n\n" + markdown_table(metrics))
-        # Sample grid: two one-object images per class, then two-object images.
-        picks = [i for c in range(len(split.classes)) for i in (c * p.prompts.one_per_class, c * p.prompts.one_per_class + 1)]
+        # Sample grid: two one-object images of (up to 12 evenly spread) classes, then two-object images.
+        n = p.prompts.one_per_class
+        shown = list(range(0, len(split.classes), max(1, len(split.classes) // 12)))[:12]
+        picks = [c * n + j for c in shown for j in range(min(2, n))]
         picks += list(range(len(split.classes) * p.prompts.one_per_class, len(table)))[:16]
         GRID.parent.mkdir(parents=True, exist_ok=True)
         captioned_grid([images[i] for i in picks], [table.iloc[i]["prompt"].removeprefix("a photograph of ") for i in picks],

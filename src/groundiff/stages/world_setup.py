@@ -2,40 +2,43 @@
 
 shapes: validates the vocabulary and split (its models are made by the world_* stages).
 voc / coco: checks the Stable Diffusion checkpoint, the COCO oracle weights and the dataset
-root, and fails with one message listing everything missing and how to provide it.
+roots, and fails with one message listing everything missing and how to provide it.
+
+Besides the summary in metrics/, it writes `worlds/<world>/sources.json`: what the world's
+models and data are (hub snapshot, file hashes). The world_* stages depend on that file, so
+pointing a paper world at another checkpoint re-runs them, while changing only the split does not.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-from groundiff.stages.common import Params, project_path, run_stage, write_json
-from groundiff.worlds.paper import vocabulary
-from groundiff.worlds.preflight import PaperWorldParams, require_paper_world
+from groundiff.stages.common import SHAPES_DETECTOR, SHAPES_PIPELINE, Params, run_stage, write_json
+from groundiff.worlds.preflight import describe_sources, require_paper_world
 
 OUT = Path("metrics/world_setup.json")
+
+
+def sources_path(world: str) -> Path:
+    return Path("worlds") / world / "sources.json"
 
 
 def main() -> None:
     params = Params()
     world = params.world.name
+    split = params.class_split()
+    summary = {"world": world, "split": params.world.split, "seen": list(split.seen), "unseen": list(split.unseen)}
     if world == "shapes":
-        split = params.class_split()
-        # Its models are made by the world_* stages (or shipped in git), so there is nothing to fetch.
-        summary = {"world": world, "split": params.world.split, "seen": list(split.seen), "unseen": list(split.unseen)}
+        # Made here by the world_* stages (or shipped in git): nothing to fetch.
+        sources = {"world": world, "diffusion": {"trained_by": "world_diffusion", "folder": str(SHAPES_PIPELINE)},
+                   "oracle": {"trained_by": "world_detector", "folder": str(SHAPES_DETECTOR)},
+                   "data": {"rendered_by": "world_data"}}
     else:
-        settings = params.section(world, PaperWorldParams)
-        # Datasets live inside the project (e.g. data/VOCdevkit/VOC2012): paths from params may not leave it.
-        settings = replace(settings, data_root=str(project_path(settings.data_root)) if settings.data_root else "")
+        settings = params.paper_world()
         require_paper_world(world, settings)
-        classes, splits = vocabulary(world)
-        unseen = splits.get(params.world.split)
-        if unseen is None:
-            raise ValueError(f"world.split {params.world.split} does not exist for {world}; choose one of {sorted(splits)}")
-        summary = {"world": world, "split": params.world.split, "unseen": unseen,
-                   "seen": [c for c in classes if c not in unseen], "diffusion": settings.diffusion,
-                   "data_root": settings.data_root}
+        sources = describe_sources(world, settings)
+        summary.update(diffusion=settings.diffusion, data_root=settings.data_root)
+    write_json(sources_path(world), sources)
     write_json(OUT, summary)
     print(f"world_setup: {world} world ready (split {params.world.split}: {len(summary['seen'])} seen, "
           f"{len(summary['unseen'])} unseen classes)")

@@ -7,6 +7,9 @@ shapes world.
 
 from __future__ import annotations
 
+#: The worlds whose models and data come from outside (the paper's); `shapes` is made here.
+PAPER_WORLDS: tuple[str, ...] = ("voc", "coco")
+
 #: PASCAL VOC 2012, in label order (1..20).
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

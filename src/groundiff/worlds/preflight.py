@@ -17,8 +17,11 @@ class OracleParams:
     weights: str = "torchvision"  # local checkpoint file, or "torchvision" for torchvision's COCO weights
     arch: str = "maskrcnn_resnet50_fpn_v2"  # torchvision builder name
     config: str = ""  # mmdet / detectron2 config file
+    min_size: int = 800  # torchvision: images are resized so their short side is this (COCO's 800)
 
     def __post_init__(self) -> None:
+        if self.min_size <= 0:
+            raise ValueError(f"oracle.min_size must be positive, got {self.min_size}")
         if self.backend not in ("torchvision", "mmdet", "detectron2"):
             raise ValueError(f"oracle.backend must be torchvision, mmdet or detectron2, got {self.backend!r}")
 
@@ -30,6 +33,20 @@ class PaperWorldParams:
     diffusion: str = "runwayml/stable-diffusion-v1-5"  # hub id (in the local HF cache) or a local folder
     oracle: OracleParams = field(default_factory=OracleParams)
     data_root: str = ""  # VOC: .../VOCdevkit/VOC2012; COCO: the folder with annotations/ and train2017/
+    sbd_root: str = ""  # VOC only, optional: SBD's benchmark_RELEASE/dataset (cls/*.mat) -> "train_aug"
+    max_train: int = 0  # world_data: at most this many training images (0 = all), e.g. for a dry run
+    max_val: int = 0  # ... and validation images
+
+    def __post_init__(self) -> None:
+        if self.max_train < 0 or self.max_val < 0:
+            raise ValueError("max_train / max_val must be >= 0 (0 = all images)")
+
+
+def looks_like_hub_id(source: str) -> bool:
+    """'runwayml/stable-diffusion-v1-5' is a hub id; './models/sd', 'models/sd/' or an existing
+    folder is a local path."""
+    return (source.count("/") == 1 and not source.startswith((".", "/")) and not source.endswith("/")
+            and not Path(source).exists())
 
 
 class WorldSetupError(FileNotFoundError):
@@ -43,7 +60,7 @@ def _check_diffusion(source: str) -> list[str]:
             return [f"diffusion: {path} is not a diffusers pipeline folder (no model_index.json). "
                     "Point `diffusion` at a folder saved with `save_pretrained`, or at a hub id."]
         return []
-    if source.count("/") != 1:
+    if not looks_like_hub_id(source):
         return [f"diffusion: {source!r} is neither a local folder nor a hub id like runwayml/stable-diffusion-v1-5."]
     from huggingface_hub import try_to_load_from_cache
 
@@ -93,11 +110,64 @@ def _check_data(world: str, root: str) -> list[str]:
     return []
 
 
+def _check_sbd(world: str, root: str) -> list[str]:
+    if not root:
+        return []
+    if world != "voc":
+        return [f"sbd_root: SBD augments PASCAL VOC only; leave {world}.sbd_root empty"]
+    base = Path(root)
+    missing = [p for p in ("cls", "train.txt", "val.txt") if not (base / p).exists()]
+    if missing:
+        return [f"sbd_root: {base} lacks {', '.join(missing)}. Download SBD (benchmark.tgz) and point sbd_root "
+                "at its benchmark_RELEASE/dataset folder, or leave it empty to train on VOC's 1464 images."]
+    return []
+
+
 def check_paper_world(world: str, params: PaperWorldParams) -> list[str]:
     """Everything missing for `world` ('voc' or 'coco'), one line each with the fix; [] when ready."""
     if world not in ("voc", "coco"):
         raise ValueError(f"{world!r} is not a paper world (voc, coco)")
-    return _check_diffusion(params.diffusion) + _check_oracle(params.oracle) + _check_data(world, params.data_root)
+    return (_check_diffusion(params.diffusion) + _check_oracle(params.oracle)
+            + _check_data(world, params.data_root) + _check_sbd(world, params.sbd_root))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def diffusion_folder(source: str) -> Path:
+    """The local folder holding the pipeline: the path itself, or the hub id's cached snapshot."""
+    if not looks_like_hub_id(source):
+        return Path(source)
+    from huggingface_hub import try_to_load_from_cache
+
+    return Path(try_to_load_from_cache(source, "model_index.json")).parent
+
+
+def describe_sources(world: str, params: PaperWorldParams) -> dict:
+    """What a paper world's models and data are, precisely enough that a change shows up in DVC:
+    the pipeline's folder and the hashes of its configs, the oracle weights' sha256, the data roots.
+    Call after `require_paper_world`."""
+    folder = diffusion_folder(params.diffusion)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    # Configs by content; weights (GBs) by size: a swapped checkpoint changes at least one of them.
+    diffusion = {"source": params.diffusion,
+                 "snapshot": folder.name if looks_like_hub_id(params.diffusion) else None,
+                 "files": {p.relative_to(folder).as_posix(): _sha256(p)[:16] if p.suffix in (".json", ".txt")
+                           else p.stat().st_size for p in files}}
+    oracle = {"backend": params.oracle.backend, "arch": params.oracle.arch,
+              "weights": params.oracle.weights, "config": params.oracle.config or None}
+    if params.oracle.weights != "torchvision":
+        oracle["sha256"] = _sha256(Path(params.oracle.weights))
+    return {"world": world, "diffusion": diffusion, "oracle": oracle,
+            "data": {"data_root": params.data_root, "sbd_root": params.sbd_root or None,
+                     "max_train": params.max_train, "max_val": params.max_val}}
 
 
 def require_paper_world(world: str, params: PaperWorldParams) -> None:

@@ -1,0 +1,98 @@
+"""What grounding costs on top of generation, measured in one run (ratios, not absolute times).
+
+    python benchmarks/grounding_overhead.py                     # the shapes world's models
+    python benchmarks/grounding_overhead.py --batch 10 --rounds 3   # a quick smoke run
+
+Three numbers, each with its goal:
+1. feature-capture overhead: the pipeline call with FeatureCapture's hooks on vs off (goal <= 1.05x).
+   Plain and captured calls alternate, round by round; the ratio is of the medians.
+2. grounding inference as a fraction of generation: the grounding module's forward for the batch
+   (features already captured) vs generating the batch (goal <= 5%).
+3. bytes stored per sample: the capture-step latent synthesize writes vs the UNet features that
+   train_grounding needs (recomputed from the latent with one UNet call, instead of stored).
+
+Uses `worlds/shapes/diffusion` and `models/grounding` when they exist, else tiny random models of
+the same architecture (the ratios then describe those). Run on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from groundiff.diffusion.capture import FeatureCapture, capture_call_for
+from groundiff.diffusion.pipeline import SamplingConfig, generate, load_pipeline
+from groundiff.diffusion.text import class_embeddings
+from groundiff.grounding.model import GroundingConfig, GroundingModule
+
+PIPELINE = Path("worlds/shapes/diffusion")
+GROUNDING = Path("models/grounding")
+
+
+def _models():
+    if PIPELINE.is_dir():
+        pipe, source = load_pipeline(PIPELINE), str(PIPELINE)
+    else:
+        from groundiff.testing import tiny_shapes_pipeline
+
+        pipe, source = tiny_shapes_pipeline(), "tiny random shapes pipeline"
+    if GROUNDING.is_dir():
+        module = GroundingModule.from_pretrained(GROUNDING)
+    else:
+        cfg = GroundingConfig.from_unet_config(pipe.unet.config, pipe.text_encoder.config.hidden_size,
+                                               pipe.unet.config.sample_size * pipe.vae_scale_factor)
+        module = GroundingModule(cfg)
+    return pipe, module.eval(), source
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=50, help="images per generation call")
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    parser.add_argument("--capture-t", type=int, default=1, help="capture step, counted from the end")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating plain / captured rounds")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    pipe, module, source = _models()
+    classes = ["circle", "star"]
+    prompts = [f"a photograph of a {classes[i % 2]}" for i in range(args.batch)]
+    seeds = list(range(args.batch))
+    sampling = SamplingConfig(steps=args.steps, guidance_scale=5.0, batch_size=args.batch)
+    call = capture_call_for(args.steps, args.capture_t)
+
+    generate(pipe, prompts[:2], seeds[:2], sampling)  # warm-up (allocator, kernels)
+    plain, captured, grounding = [], [], []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        generate(pipe, prompts, seeds, sampling)
+        plain.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with FeatureCapture(pipe.unet, call) as cap:
+            generate(pipe, prompts, seeds, sampling)
+        captured.append(time.perf_counter() - t0)
+        features = cap.result()
+        emb = class_embeddings(pipe, classes)[None].expand(args.batch, -1, -1)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            module(features, emb)
+            grounding.append(time.perf_counter() - t0)
+
+    gen = statistics.median(plain)
+    latent_bytes = cap.latents[0].numel() * 4  # float32, as synthesize stores it
+    feature_bytes = sum(f[0].numel() for f in features) * 4
+    print(f"models: {source}; batch {args.batch}, {args.steps} DDIM steps, capture t={args.capture_t}, "
+          f"{args.rounds} rounds, {torch.get_num_threads()} thread(s)")
+    print(f"generation:            {gen:.2f} s per batch ({args.batch / gen:.2f} images/s)")
+    print(f"capture overhead:      {statistics.median(captured) / gen:.3f}x (goal <= 1.05x)")
+    print(f"grounding / generation: {100 * statistics.median(grounding) / gen:.2f}% (goal <= 5%)")
+    print(f"bytes per sample:      latent {latent_bytes:,} vs features {feature_bytes:,} "
+          f"({feature_bytes / latent_bytes:.0f}x smaller stored)")
+
+
+if __name__ == "__main__":
+    main()
