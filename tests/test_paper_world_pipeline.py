@@ -27,6 +27,7 @@ from groundiff.stages import (eval_grounding, eval_zs3, prompts, pseudo_label, r
 from groundiff.stages.common import Params
 from groundiff.worlds.paper import COCO_CLASSES, VOC_CLASSES
 from groundiff.worlds.preflight import WorldSetupError
+from groundiff.worlds.presets import apply_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(48, 64), (64, 40), (56, 56), (40, 72)]  # real photos differ in size
@@ -147,13 +148,6 @@ TINY = {
 }
 
 
-def _set(params: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        params = params[part]
-    params[leaf] = value
-
-
 def setup_world(project: Path, world: str) -> None:
     """What a user does: download models and data into the project, `groundiff world <name>`, edit paths."""
     from groundiff.testing import tiny_sd_pipeline
@@ -167,12 +161,11 @@ def setup_world(project: Path, world: str) -> None:
     cli_main(["world", world, "--device", "cpu"])
     params = yaml.safe_load(Path("params.yaml").read_text())
     assert params["world"]["name"] == world and params["synthesize"]["sampling"]["steps"] == 50  # the paper's
-    for key, value in TINY.items():
-        _set(params, key, value)
-    params[world].update(diffusion="models/tiny-sd", data_root=str(data_root.relative_to(project)))
-    params[world]["oracle"].update(weights="models/coco_maskrcnn.safetensors", arch="maskrcnn_resnet50_fpn",
-                                   min_size=64)
-    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # Shrink to test size and point the world at the downloads, through the same dotted-key editor.
+    apply_preset(Path("params.yaml"), world, {
+        **TINY, f"{world}.diffusion": "models/tiny-sd", f"{world}.data_root": str(data_root.relative_to(project)),
+        f"{world}.oracle.weights": "models/coco_maskrcnn.safetensors",
+        f"{world}.oracle.arch": "maskrcnn_resnet50_fpn", f"{world}.oracle.min_size": 64})
     assert oracle.is_file()
 
 

@@ -32,8 +32,10 @@ def load_pipeline(source: str | Path, device: str = "cpu", dtype: torch.dtype = 
     """A StableDiffusionPipeline with DDIM sampling from a folder or hub id, progress bar off."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+    from groundiff.worlds.preflight import looks_like_hub_id
+
     path = Path(source)
-    if not path.exists() and (str(source).startswith((".", "/")) or str(source).count("/") != 1):
+    if not path.exists() and not looks_like_hub_id(str(source)):
         raise FileNotFoundError(
             f"{source}: no diffusers pipeline folder here. In the shapes world run "
             "`dvc repro world_diffusion`; for Stable Diffusion give a hub id (e.g. "

@@ -17,7 +17,7 @@ from groundiff import tracking
 from groundiff.config import to_dict
 from groundiff.stages.common import Params, atomic_dir, load_oracle, run_stage, write_json
 from groundiff.worlds.base import WorldError
-from groundiff.worlds.preflight import describe_sources, require_paper_world
+from groundiff.worlds.preflight import describe_oracle, require_paper_world
 from groundiff.worlds.shapes_detector import DetectorConfig, evaluate_mask_ap, train_detector
 
 DATA = Path("data/shapes/real")
@@ -32,7 +32,7 @@ def record_paper_oracle(params: Params) -> Path:
     world, settings = params.world.name, params.paper_world()
     require_paper_world(world, settings)
     oracle = load_oracle(params)
-    record = {**describe_sources(world, settings)["oracle"], "classes": list(oracle.classes)}
+    record = {**describe_oracle(settings.oracle), "classes": list(oracle.classes)}
     missing = sorted(set(params.class_split().classes) - set(oracle.classes))
     if missing:
         raise WorldError(f"the {world} oracle cannot detect {missing}; it needs every class of the world")

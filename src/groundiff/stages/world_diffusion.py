@@ -22,7 +22,7 @@ from groundiff import tracking
 from groundiff.config import to_dict
 from groundiff import losslog
 from groundiff.stages.common import Params, atomic_dir, run_stage, write_json
-from groundiff.worlds.preflight import diffusion_folder, describe_sources, require_paper_world
+from groundiff.worlds.preflight import describe_diffusion, diffusion_folder, require_paper_world
 from groundiff.worlds.shapes_diffusion import DiffusionConfig, RunOptions, train_diffusion
 
 OUT = Path("worlds/shapes/diffusion")
@@ -45,7 +45,7 @@ def record_paper_pipeline(params: Params) -> Path:
     """voc / coco: check the external pipeline is complete; write its source record; return the folder."""
     world, settings = params.world.name, params.paper_world()
     require_paper_world(world, settings)
-    sources = describe_sources(world, settings)["diffusion"]
+    sources = describe_diffusion(settings.diffusion)
     folder = diffusion_folder(settings.diffusion)
     missing = [part for part in PIPELINE_PARTS if not (folder / part).exists()]
     if missing:

@@ -150,22 +150,30 @@ def diffusion_folder(source: str) -> Path:
     return Path(try_to_load_from_cache(source, "model_index.json")).parent
 
 
-def describe_sources(world: str, params: PaperWorldParams) -> dict:
-    """What a paper world's models and data are, precisely enough that a change shows up in DVC:
-    the pipeline's folder and the hashes of its configs, the oracle weights' sha256, the data roots.
-    Call after `require_paper_world`."""
-    folder = diffusion_folder(params.diffusion)
+def describe_diffusion(source: str) -> dict:
+    """The pipeline's folder (hub snapshot) and its files: configs by content, weights (GBs) by
+    size; a swapped checkpoint changes at least one of them."""
+    folder = diffusion_folder(source)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    # Configs by content; weights (GBs) by size: a swapped checkpoint changes at least one of them.
-    diffusion = {"source": params.diffusion,
-                 "snapshot": folder.name if looks_like_hub_id(params.diffusion) else None,
-                 "files": {p.relative_to(folder).as_posix(): _sha256(p)[:16] if p.suffix in (".json", ".txt")
-                           else p.stat().st_size for p in files}}
-    oracle = {"backend": params.oracle.backend, "arch": params.oracle.arch,
-              "weights": params.oracle.weights, "config": params.oracle.config or None}
-    if params.oracle.weights != "torchvision":
-        oracle["sha256"] = _sha256(Path(params.oracle.weights))
-    return {"world": world, "diffusion": diffusion, "oracle": oracle,
+    return {"source": source,
+            "snapshot": folder.name if looks_like_hub_id(source) else None,
+            "files": {p.relative_to(folder).as_posix(): _sha256(p)[:16] if p.suffix in (".json", ".txt")
+                      else p.stat().st_size for p in files}}
+
+
+def describe_oracle(oracle: OracleParams) -> dict:
+    """The oracle's backend and checkpoint, with the checkpoint file's sha256."""
+    record = {"backend": oracle.backend, "arch": oracle.arch, "weights": oracle.weights,
+              "config": oracle.config or None}
+    if oracle.weights != "torchvision":
+        record["sha256"] = _sha256(Path(oracle.weights))
+    return record
+
+
+def describe_sources(world: str, params: PaperWorldParams) -> dict:
+    """What a paper world's models and data are, precisely enough that a change shows up in DVC.
+    Call after `require_paper_world`."""
+    return {"world": world, "diffusion": describe_diffusion(params.diffusion), "oracle": describe_oracle(params.oracle),
             "data": {"data_root": params.data_root, "sbd_root": params.sbd_root or None,
                      "max_train": params.max_train, "max_val": params.max_val}}
 
