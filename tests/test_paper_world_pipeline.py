@@ -292,9 +292,11 @@ def test_incomplete_pipeline_and_oracle_weights_are_named(project):
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with pytest.raises(WorldSetupError, match=r"oracle.weights: .*x.pth not found") as err:
         world_setup.main()
-    assert "diffusion" not in str(err.value)  # only what is missing is listed
+    assert "models/sd lacks unet/config.json, vae/config.json" in str(err.value)  # both listed
     (project / "models" / "x.pth").write_bytes(b"\0")  # present (preflight checks presence, not content)
-    world_setup.main()
-    with pytest.raises(FileNotFoundError, match="lacks unet/config.json, vae/config.json"):
-        world_diffusion.main()
+    with pytest.raises(WorldSetupError) as err:
+        world_setup.main()
+    assert "oracle" not in str(err.value)  # only what is missing is listed
+    with pytest.raises(WorldSetupError, match="lacks unet/config.json, vae/config.json"):
+        world_diffusion.main()  # checked again there, and nothing is written
     assert not Path("worlds/voc/diffusion").exists()

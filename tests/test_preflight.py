@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from groundiff.worlds.preflight import OracleParams, PaperWorldParams, WorldSetupError, check_paper_world, require_paper_world
+from groundiff.worlds.preflight import PIPELINE_PARTS, OracleParams, PaperWorldParams, WorldSetupError, check_paper_world, require_paper_world
 
 
 def _voc_root(tmp_path):
@@ -31,13 +31,19 @@ def test_nothing_there_lists_every_problem_with_its_fix(tmp_path):
 
 def test_a_complete_local_setup_passes(tmp_path):
     sd = tmp_path / "sd"
-    sd.mkdir()
+    for part in PIPELINE_PARTS:
+        (sd / part).parent.mkdir(parents=True, exist_ok=True)
+        (sd / part).mkdir() if "." not in part else (sd / part).write_text("{}")
     (sd / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     weights = tmp_path / "coco.pth"
     weights.write_bytes(b"weights")
     params = PaperWorldParams(diffusion=str(sd), oracle=OracleParams(weights=str(weights)), data_root=str(_voc_root(tmp_path)))
     assert check_paper_world("voc", params) == []
     require_paper_world("voc", params)
+    (sd / "unet/config.json").unlink()  # an interrupted copy: named before any stage loads it
+    assert check_paper_world("voc", params) == [
+        f"diffusion: {sd} lacks unet/config.json; a Stable Diffusion v1.x folder saved with save_pretrained has "
+        "them all (an interrupted copy or download?)"]
 
 
 def test_hub_id_not_cached_and_coco_layout(tmp_path, monkeypatch):

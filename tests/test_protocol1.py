@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -18,8 +19,8 @@ from groundiff.diffusion.pipeline import SamplingConfig, generate, load_pipeline
 from groundiff.generate import generate_grounded
 from groundiff.grounding import GroundingConfig, GroundingModule
 from groundiff.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
-from groundiff.protocol1 import (CATEGORIES, EvalConfig, evaluate, flat_metrics, markdown_report, overlay_figure,
-                                 protocol1_prompts)
+from groundiff.protocol1 import (CATEGORIES, PAIR_COLUMNS, THRESHOLD_GRID, EvalConfig, Protocol1Result, evaluate,
+                                 flat_metrics, markdown_report, overlay_figure, protocol1_prompts, threshold_curve)
 from groundiff.worlds.base import make_split
 from groundiff.worlds.shapes import CLASSES
 from groundiff.testing import tiny_shapes_pipeline
@@ -180,11 +181,41 @@ def test_examples_match_an_independent_run_of_each_method(run):
         assert ((heat > CFG.daam_threshold) == ex.daam).mean() >= 0.99
 
 
+def test_threshold_sweep_matches_the_headline_threshold(run):
+    *_, result = run
+    curve = result.threshold_curve
+    assert set(curve) == {*CATEGORIES, "seen_classes"}
+    for c in CATEGORIES:  # CFG.mask_threshold is 0.5, a grid value: its column is Table 1's number
+        assert curve[c]["0.5"] == pytest.approx(result.metrics["ours"][c], abs=1e-3)
+    seen = result.pairs[result.pairs["found"] & result.pairs["seen"]]
+    assert curve["seen_classes"]["0.5"] == pytest.approx(100 * seen["iou_ours"].mean(), abs=1e-3)
+    assert result.best_seen_threshold() in THRESHOLD_GRID
+
+
+def test_threshold_curve_and_best_seen_threshold_on_hand_made_pairs():
+    rows = [(0, "one_seen", "p", 1, 0, "star", True, True, 0.9, 0.0, 0.0),
+            (1, "one_unseen", "p", 2, 0, "ring", False, True, 0.9, 0.0, 0.0),
+            (2, "one_seen", "p", 3, 0, "cross", True, False, 0.0, np.nan, np.nan)]  # missed: not scored
+    pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    sweep = np.full((3, len(THRESHOLD_GRID)), 0.2)
+    sweep[0, THRESHOLD_GRID.index(0.3)] = 0.8  # the seen pair is best at 0.3 ...
+    sweep[1, THRESHOLD_GRID.index(0.6)] = 1.0  # ... the unseen one at 0.6, which must not count
+    sweep[2] = np.nan
+    curve = threshold_curve(pairs, sweep)
+    assert curve["seen_classes"]["0.3"] == pytest.approx(80.0) and curve["seen_classes"]["0.6"] == pytest.approx(20.0)
+    assert curve["one_unseen"]["0.6"] == pytest.approx(100.0) and curve["two_seen"]["0.5"] is None
+    result = Protocol1Result({}, {}, {}, pairs, [], curve)
+    assert result.best_seen_threshold() == 0.3
+    # ties go to the threshold nearest 0.5
+    assert Protocol1Result({}, {}, {}, pairs, [], {"seen_classes": {"0.4": 50.0, "0.7": 50.0}}).best_seen_threshold() == 0.4
+
+
 def test_report_and_figure(run, tmp_path):
     *_, result = run
     text = markdown_report(result, CFG, "shapes world, split 1")
     assert "| DAAM |" in text and "| ours (grounding module) |" in text
     assert "64.84" in text and "90.30" in text and "paper" in text.lower()  # the paper's numbers, labelled
+    assert "## Ours at other mask thresholds" in text and "all seen-class pairs" in text
     image = overlay_figure(result.examples)
     assert image.size[0] == 4 * 128  # image | oracle | ours | DAAM at 4x
     assert overlay_figure([]).size[0] > 0
@@ -214,6 +245,7 @@ def test_stage_writes_metrics_report_and_figure(project, capsys):
         assert all(v is None or 0.0 <= v <= 100.0 for v in method.values())
     details = json.loads((project / "metrics/protocol1_details.json").read_text())
     assert sum(n["images"] for n in details["counts"].values()) == 10
+    assert set(details["threshold_curve"]["seen_classes"]) == {str(t) for t in THRESHOLD_GRID}
     assert "| DAAM |" in (project / "reports/protocol1.md").read_text()
     with Image.open(project / "reports/figures/protocol1_overlays.png") as img:
         assert img.size[0] > 0

@@ -180,6 +180,23 @@ def test_segmentation_set_concatenates_and_hides_labels(voc):
     assert 2 in first and 2 not in hidden and (hidden[first == 2] == IGNORE).all()
 
 
+def test_source_shares_set_the_sampling_probabilities(voc):
+    from groundiff.segmenter.train import _batch
+
+    # 8 samples each; the first source gets 75% of the draws, the second (no share) the rest
+    data = SegmentationSet([DataSource(str(voc), "train", share=0.75), DataSource(str(voc), "train", ignore_labels=(2,))])
+    np.testing.assert_allclose(data.probabilities, [0.75 / 8] * 8 + [0.25 / 8] * 8)
+    assert SegmentationSet([DataSource(str(voc), "train")]).probabilities is None  # uniform, as before
+    # the batch draw follows them (deterministic in (seed, step))
+    a = _batch(data, tiny_cfg(), 3, len(CLASSES) + 1, "cpu")[0]
+    b = _batch(data, tiny_cfg(), 3, len(CLASSES) + 1, "cpu")[0]
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="sum to"):
+        SegmentationSet([DataSource(str(voc), "train", share=0.5)])  # alone, it must be 1
+    with pytest.raises(ValueError, match="share must be"):
+        DataSource(str(voc), "train", share=1.5)
+
+
 @pytest.mark.parametrize("kind", ["resnet", "swin"])
 def test_pretrained_backbone_weights_are_loaded(tmp_path, kind):
     """`backbone` = a saved checkpoint folder (a hub id works the same): weights land in the encoder."""

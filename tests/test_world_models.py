@@ -12,7 +12,8 @@ from groundiff.oracle import TorchvisionOracle
 from groundiff.worlds.fidelity import FidelityConfig, fidelity_metrics, fidelity_prompts, found
 from groundiff.oracle import Detections
 from groundiff.worlds.shapes import CLASSES
-from groundiff.worlds.shapes_diffusion import DiffusionConfig, RunOptions, train_diffusion
+from groundiff.worlds.shapes_diffusion import (DiffusionConfig, RunOptions, loss_curve, min_snr_weights,
+                                               seed_first_cycle, train_diffusion)
 from groundiff.worlds.shapes_detector import DetectorConfig, evaluate_mask_ap, train_detector
 
 TINY = DiffusionConfig(vae_steps=2, steps=4, batch_size=4, vae_batch_size=4, vae_channels=8,
@@ -61,8 +62,42 @@ def test_diffusion_training_resumes_exactly(tmp_path):
     wb = load_file(tmp_path / "b/unet/diffusion_pytorch_model.safetensors")
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6)
-    rows = (tmp_path / "work_a/unet_log.csv").read_text().splitlines()
+    rows = (tmp_path / "work_a/unet_cycle1_log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"], "resumed log has no duplicates"
+
+
+def _unet_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "unet/diffusion_pytorch_model.safetensors")
+
+
+def test_second_cycle_continues_from_a_shipped_pipeline_exactly(tmp_path):
+    """Seeding cycle 1 from a saved pipeline, then training cycle 2, equals training both from scratch."""
+    both = replace(TINY, finetune_steps=3, finetune_lr=5e-4, finetune_snr_gamma=5.0)
+    train_diffusion(TINY, OPTS, tmp_path / "shipped", tmp_path / "work_shipped")
+    seed_first_cycle(tmp_path / "shipped", both, tmp_path / "work_cont", [{"step": 4, "loss": 0.5}])
+    train_diffusion(both, OPTS, tmp_path / "continued", tmp_path / "work_cont")
+    train_diffusion(both, OPTS, tmp_path / "scratch", tmp_path / "work_scratch")
+    cont, scratch, shipped = (_unet_weights(tmp_path / d) for d in ("continued", "scratch", "shipped"))
+    for key in scratch:
+        torch.testing.assert_close(cont[key], scratch[key], rtol=0, atol=1e-6)
+    assert any(not torch.equal(scratch[k], shipped[k]) for k in scratch), "cycle 2 changed the weights"
+    curve = loss_curve(both, tmp_path / "work_cont")
+    assert [r["step"] for r in curve] == [4, 5, 6, 7]  # cycle 2 continues cycle 1's step axis
+
+    # Changing only cycle 2 keeps cycle 1; changing cycle 1 starts over.
+    longer = replace(both, finetune_steps=4)
+    train_diffusion(longer, OPTS, tmp_path / "longer", tmp_path / "work_cont")
+    assert [r["step"] for r in loss_curve(longer, tmp_path / "work_cont")] == [4, 5, 6, 7, 8]
+    with pytest.raises(ValueError, match="architecture"):
+        seed_first_cycle(tmp_path / "shipped", replace(both, block_out_channels=(8, 16, 32)), tmp_path / "w")
+
+
+def test_min_snr_weights():
+    alphas = torch.tensor([0.5, 0.9, 0.99])  # SNR 1, 9, 99
+    torch.testing.assert_close(min_snr_weights(alphas, 5.0), torch.tensor([1.0, 5 / 9, 5 / 99]))
+    torch.testing.assert_close(min_snr_weights(alphas, 0.0), torch.ones(3))
 
 
 def test_detector_trains_saves_and_loads(project, tmp_path):
@@ -100,3 +135,34 @@ def test_fidelity_counts_instances_with_multiplicity():
     assert metrics["per_class"]["star"]["one_object_recall"] == 1.0
     assert metrics["per_class"]["heart"]["one_object_recall"] == 0.0
     assert fidelity_metrics(table, [empty] * 10, ("star", "ring", "heart"), 0.5)["one_object_recall"] == 0.0
+
+
+def test_stage_continue_seeds_the_state_only_when_the_first_cycle_params_match(project):
+    """`python -m groundiff.stages.world_diffusion --continue`: dvc.lock's params must equal cycle 1's."""
+    import yaml
+
+    from conftest import write_params
+    from groundiff.config import to_dict
+    from groundiff.stages import world_diffusion
+
+    train_diffusion(TINY, OPTS, project / "worlds/shapes/diffusion", project / "work")
+    tiny = {k: v for k, v in to_dict(TINY).items() if not k.startswith("finetune_")}
+    lock = {"stages": {"world_diffusion": {"params": {"params.yaml": {"world_diffusion.model": tiny}}}}}
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+
+    params["world_diffusion"]["model"] = dict(tiny)  # no second cycle yet
+    write_params(project, params)
+    with pytest.raises(ValueError, match="finetune_steps is 0"):
+        world_diffusion.main(["--continue"])
+    params["world_diffusion"]["model"] = {**tiny, "lr": 0.01, "finetune_steps": 3}  # cycle 1 changed too
+    write_params(project, params)
+    with pytest.raises(ValueError, match=r"world_diffusion.model.lr differ"):
+        world_diffusion.main(["--continue"])
+    params["world_diffusion"]["model"] = {**tiny, "finetune_steps": 3}
+    write_params(project, params)
+    world_diffusion.main(["--continue"])
+    state = project / "worlds/shapes/state/diffusion"
+    assert {p.name for p in state.glob("*.safetensors")} == {"vae.safetensors", "unet_cycle1.safetensors"}
+    with pytest.raises(ValueError, match="unknown arguments"):
+        world_diffusion.main(["--bogus"])

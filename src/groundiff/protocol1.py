@@ -24,6 +24,10 @@ methods are scored on exactly the same (image, class) pairs.
     DAAM: min-max normalised heat map > daam_threshold (0.4)
     mIoU: mean IoU over a category's (image, class) pairs, in percent (see `groundiff.metrics`)
 
+Ours is also scored at the other thresholds of `THRESHOLD_GRID` (the threshold sweep in the
+details and the report). Its seen-class row is how `synth_dataset.threshold` is chosen without
+looking at an unseen class.
+
 The authors released neither this evaluation code nor their PASCAL-sim / COCO-sim test sets;
 the settings above are this project's documented choices (PAPER.md).
 """
@@ -61,6 +65,9 @@ PAPER_PASCAL_SIM = {
     "daam": dict(zip(CATEGORIES, (64.84, 62.90, 48.21, 49.19, 50.95))),
     "ours": dict(zip(CATEGORIES, (90.30, 83.08, 79.10, 67.86, 55.74))),
 }
+
+#: Mask thresholds at which the grounding module is also scored (the threshold sweep).
+THRESHOLD_GRID: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 PAIR_COLUMNS = ["index", "category", "prompt", "seed", "k", "class", "seen", "found", "score",
                 "iou_ours", "iou_daam"]
@@ -163,10 +170,17 @@ class Protocol1Result:
     per_class: dict[str, dict]  # {"ours"|"daam": {class: mIoU %}, "evaluated"|"oracle_missed": {class: n}}
     pairs: pd.DataFrame  # one row per (image, prompted class): PAIR_COLUMNS
     examples: list[Example]
+    # ours' mIoU % at each THRESHOLD_GRID value: {category | "seen_classes": {str(threshold): mIoU}}
+    threshold_curve: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def details(self) -> dict:
-        """What metrics/protocol1_details.json holds: counts and per-class mIoU."""
-        return {"counts": self.counts, "per_class": self.per_class}
+        """What metrics/protocol1_details.json holds: counts, per-class mIoU and the threshold sweep."""
+        return {"counts": self.counts, "per_class": self.per_class, "threshold_curve": self.threshold_curve}
+
+    def best_seen_threshold(self) -> float | None:
+        """The grid threshold with the best mIoU over seen-class pairs (None if none was scored)."""
+        curve = {float(t): v for t, v in self.threshold_curve.get("seen_classes", {}).items() if v is not None}
+        return max(curve, key=lambda t: (curve[t], -abs(t - 0.5))) if curve else None
 
 
 def _percent(values) -> float | None:
@@ -190,10 +204,21 @@ def summarise(pairs: pd.DataFrame, classes: tuple[str, ...]) -> tuple[dict, dict
     return metrics, counts, per_class
 
 
+def threshold_curve(pairs: pd.DataFrame, sweep: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """Ours' mIoU % per category at each THRESHOLD_GRID value, and over all seen-class pairs.
+
+    sweep: (len(pairs), len(THRESHOLD_GRID)) IoUs, NaN for the pairs the oracle missed.
+    """
+    groups = {c: (pairs["category"] == c).to_numpy() for c in CATEGORIES}
+    groups["seen_classes"] = pairs["seen"].to_numpy(bool)
+    return {name: {str(t): _percent(sweep[rows & pairs["found"].to_numpy(bool), j]) for j, t in enumerate(THRESHOLD_GRID)}
+            for name, rows in groups.items()}
+
+
 @torch.no_grad()
-def _grounding_masks(model, features: list[torch.Tensor], embeddings: torch.Tensor, names: list[list[str]],
-                     index_of: dict[str, int], size: int, threshold: float) -> list[np.ndarray]:
-    """Per sample, (K_i, size, size) bool masks: sigmoid(logits) > threshold."""
+def _grounding_probs(model, features: list[torch.Tensor], embeddings: torch.Tensor, names: list[list[str]],
+                     index_of: dict[str, int], size: int) -> list[np.ndarray]:
+    """Per sample, (K_i, size, size) float32 mask probabilities sigmoid(logits)."""
     device = next(model.parameters()).device
     batch, kmax = len(names), max(len(n) for n in names)
     ids = torch.zeros(batch, kmax, dtype=torch.long)
@@ -205,8 +230,8 @@ def _grounding_masks(model, features: list[torch.Tensor], embeddings: torch.Tens
     logits = model([f.to(device) for f in features], emb, present.to(device)).float()  # (B, K, S, S)
     if logits.shape[-1] != size:  # a module trained for another output size: compare at the image's
         logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-    masks = (torch.sigmoid(logits) > threshold).cpu().numpy()
-    return [masks[i, :len(sample)] for i, sample in enumerate(names)]
+    probs = torch.sigmoid(logits).cpu().numpy()
+    return [probs[i, :len(sample)] for i, sample in enumerate(names)]
 
 
 def evaluate(pipe, oracle, model, table: pd.DataFrame, split: ClassSplit, cfg: EvalConfig,
@@ -225,6 +250,7 @@ def evaluate(pipe, oracle, model, table: pd.DataFrame, split: ClassSplit, cfg: E
     index_of = {name: i for i, name in enumerate(split.classes)}
     unseen = set(split.unseen)
     records: list[tuple] = []
+    sweeps: list[np.ndarray] = []  # per pair, ours' IoU at each THRESHOLD_GRID value
     examples: list[Example] = []
     wanted = {c: cfg.examples_per_category for c in CATEGORIES}
     step = cfg.sampling.batch_size
@@ -238,7 +264,8 @@ def evaluate(pipe, oracle, model, table: pd.DataFrame, split: ClassSplit, cfg: E
         with FeatureCapture(pipe.unet, call) as cap, DAAMTrace(pipe) as trace:
             images = generate(pipe, prompts, seeds, cfg.sampling)  # (B, H, W, 3) uint8
         # 2. both methods' masks, from that single generation
-        ours = _grounding_masks(model, cap.result(), embeddings, names, index_of, size, cfg.mask_threshold)
+        probs = _grounding_probs(model, cap.result(), embeddings, names, index_of, size)
+        ours = [p > cfg.mask_threshold for p in probs]
         daam = [m.cpu().numpy() > cfg.daam_threshold for m in trace.heat_maps(prompts, names, size)]
         del cap, trace  # the captured features are large (SD v1: ~60 MB per image)
         # 3. the oracle's top-scoring instance per prompted class is the ground truth
@@ -252,11 +279,16 @@ def evaluate(pipe, oracle, model, table: pd.DataFrame, split: ClassSplit, cfg: E
         # 4. IoU on the found pairs only, the same pairs for both methods
         scored = [j for j, p in enumerate(pairs_here) if p[4] is not None]
         iou = {m: np.full(len(pairs_here), np.nan) for m in METHODS}
+        sweep = np.full((len(pairs_here), len(THRESHOLD_GRID)), np.nan)
         if scored:
             targets = np.stack([pairs_here[j][4] for j in scored])  # (N, H, W)
             for m, preds in (("ours", ours), ("daam", daam)):
                 iou[m][scored] = pairwise_iou(np.stack([preds[pairs_here[j][0]][pairs_here[j][1]] for j in scored]),
                                               targets)
+            scored_probs = np.stack([probs[pairs_here[j][0]][pairs_here[j][1]] for j in scored])
+            for g, t in enumerate(THRESHOLD_GRID):
+                sweep[scored, g] = pairwise_iou(scored_probs > t, targets)
+        sweeps.append(sweep)
         for j, (i, k, name, score, target) in enumerate(pairs_here):
             row = rows.iloc[i]
             records.append((int(row["index"]), row["category"], row["prompt"], int(row["seed"]), k, name,
@@ -268,7 +300,8 @@ def evaluate(pipe, oracle, model, table: pd.DataFrame, split: ClassSplit, cfg: E
                                         target, ours[i][k], daam[i][k], float(iou["ours"][j]), float(iou["daam"][j])))
     pairs = pd.DataFrame(records, columns=PAIR_COLUMNS)
     metrics, counts, per_class = summarise(pairs, split.classes)
-    return Protocol1Result(metrics, counts, per_class, pairs, examples)
+    curve = threshold_curve(pairs, np.concatenate(sweeps) if sweeps else np.zeros((0, len(THRESHOLD_GRID))))
+    return Protocol1Result(metrics, counts, per_class, pairs, examples, curve)
 
 
 # --- 3. reports -------------------------------------------------------------------------------
@@ -316,6 +349,23 @@ def markdown_report(result: Protocol1Result, cfg: EvalConfig, setting: str = "")
         row("Grounded Diffusion (paper, PASCAL-sim)", PAPER_PASCAL_SIM["ours"]),
         "",
     ]
+    if result.threshold_curve:
+        best = result.best_seen_threshold()
+        groups = [*CATEGORIES, "seen_classes"]
+        labels = {**CATEGORY_LABELS, "seen_classes": "**all seen-class pairs**"}
+        lines += [
+            "## Ours at other mask thresholds",
+            "",
+            "The same pairs, the grounding module's mask at each threshold. The seen-class row (pairs of a "
+            "seen class, in any category) picks `synth_dataset.threshold` without looking at an unseen class"
+            + (f": best here **{best}**." if best is not None else "."),
+            "",
+            "| pairs | " + " | ".join(str(t) for t in THRESHOLD_GRID) + " |",
+            "|---" * (len(THRESHOLD_GRID) + 1) + "|",
+            *(f"| {labels[g]} | " + " | ".join(fmt(result.threshold_curve[g][str(t)]) for t in THRESHOLD_GRID) + " |"
+              for g in groups),
+            "",
+        ]
     return "\n".join(lines)
 
 

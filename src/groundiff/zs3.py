@@ -49,12 +49,16 @@ class VariantSpec:
 
     synthetic: list[str] = field(default_factory=list)  # split names of the synthetic dataset, in order
     real: str = "none"  # none | seen (unseen classes hidden) | all (every class labelled: oracle)
+    real_share: float | None = None  # with real and synthetic data: the real images' share of the
+    # samples (None: in proportion to their number)
 
     def __post_init__(self) -> None:
         if self.real not in REAL_MODES:
             raise ValueError(f"real: {self.real!r} is not one of {', '.join(REAL_MODES)}")
         if not self.synthetic and self.real == "none":
             raise ValueError("a variant needs data: list synthetic splits or set real to seen/all")
+        if self.real_share is not None and not (self.synthetic and self.real != "none" and 0 < self.real_share < 1):
+            raise ValueError(f"real_share {self.real_share} needs both real and synthetic data and 0 < real_share < 1")
 
 
 #: The paper's variants (Table 2) and two real-data references.
@@ -62,8 +66,8 @@ PAPER_VARIANTS: dict[str, VariantSpec] = {
     "A": VariantSpec(["one"]),
     "B": VariantSpec(["two"]),
     "C": VariantSpec(["one", "two"]),
-    "D": VariantSpec(["one", "two"], real="seen"),
-    "E": VariantSpec(["one", "two", "complicated"], real="seen"),
+    "D": VariantSpec(["one", "two"], real="seen", real_share=0.5),
+    "E": VariantSpec(["one", "two", "complicated"], real="seen", real_share=0.5),
     "real_seen": VariantSpec([], real="seen"),
     "real_all": VariantSpec([], real="all"),
 }
@@ -99,9 +103,9 @@ def variant_sources(spec: VariantSpec, split: ClassSplit, real: RealData, synth_
     sources = []
     if spec.real == "seen":
         unseen = tuple(split.label(c) for c in split.unseen)
-        sources.append(DataSource(str(real.root), real.split, real.seen_labels, unseen))
+        sources.append(DataSource(str(real.root), real.split, real.seen_labels, unseen, share=spec.real_share))
     elif spec.real == "all":
-        sources.append(DataSource(str(real.root), real.split, real.full_labels))
+        sources.append(DataSource(str(real.root), real.split, real.full_labels, share=spec.real_share))
     sources += [DataSource(str(synth_root), name) for name in spec.synthetic]
     return sources
 

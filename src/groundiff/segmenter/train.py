@@ -3,7 +3,8 @@
 A training set is a list of `DataSource`s — (VOC root, split, label folder, labels to hide) —
 concatenated, e.g. Model D = the real train split with unseen classes hidden + the synthetic
 `one` and `two` splits. Batches are drawn uniformly from the union, so each source weighs by its
-size.
+size — unless a source has a `share`: then that fraction of the samples comes from it, and the
+sources without one split the rest by size.
 
 Targets. A label map becomes MaskFormer's targets the way MaskFormer's semantic dataset mapper
 makes them: one binary mask per label value present (background 0 included, it is class 0), with
@@ -54,10 +55,16 @@ class DataSource:
     split: str  # ImageSets/Segmentation/<split>.txt
     labels: str = "SegmentationClass"  # label folder
     ignore_labels: tuple[int, ...] = ()  # labels turned into 255 on load (hides unseen classes)
+    share: float | None = None  # fraction of all samples drawn from this source; None: by its size
+
+    def __post_init__(self) -> None:
+        if self.share is not None and not 0.0 < self.share <= 1.0:
+            raise ValueError(f"{self.root}:{self.split}: share must be in (0, 1], got {self.share}")
 
     def __str__(self) -> str:
         hidden = f", hiding labels {list(self.ignore_labels)}" if self.ignore_labels else ""
-        return f"{self.root}:{self.split} ({self.labels}{hidden})"
+        share = f", {self.share:.0%} of samples" if self.share is not None else ""
+        return f"{self.root}:{self.split} ({self.labels}{hidden}{share})"
 
 
 class SegmentationSet:
@@ -70,7 +77,24 @@ class SegmentationSet:
         self.items = [(source, image_id) for source in self.sources for image_id in split_ids(Path(source.root), source.split)]
         if not self.items:
             raise ValueError(f"no training data: the splits {[str(s) for s in self.sources]} are all empty")
+        self.probabilities = self._probabilities()
 
+    def _probabilities(self) -> np.ndarray | None:
+        """Per-item sampling probabilities from the sources' shares (None: uniform over the union)."""
+        if all(s.share is None for s in self.sources):
+            return None
+        sizes = {s: sum(1 for source, _ in self.items if source == s) for s in self.sources}
+        for source, n in sizes.items():
+            if source.share is not None and n == 0:
+                raise ValueError(f"{source} has a share but no samples")
+        fixed = sum(s.share for s in self.sources if s.share is not None)
+        rest = sum(n for s, n in sizes.items() if s.share is None)
+        if fixed > 1.0 + 1e-9 or (rest == 0 and abs(fixed - 1.0) > 1e-9):
+            raise ValueError(f"source shares sum to {fixed:g}: they must sum to 1, or to less when some "
+                             "sources have no share (those split the rest by size)")
+        per_item = {s: (s.share / sizes[s] if s.share is not None else (1.0 - fixed) / rest) for s in self.sources}
+        probs = np.array([per_item[source] for source, _ in self.items])
+        return probs / probs.sum()
     def __len__(self) -> int:
         return len(self.items)
 
@@ -244,7 +268,11 @@ def _lr_factor(step: int, cfg: SegmenterConfig) -> float:
 def _batch(data: SegmentationSet, cfg: SegmenterConfig, step: int, num_labels: int, device):
     """Step `step`'s batch: sample indices and augmentation from rng(seed, step) only."""
     rng = np.random.default_rng([cfg.seed, step])
-    samples = [augment(*data.load(int(i)), cfg, rng) for i in rng.integers(len(data), size=cfg.batch_size)]
+    if data.probabilities is None:
+        indices = rng.integers(len(data), size=cfg.batch_size)
+    else:
+        indices = rng.choice(len(data), size=cfg.batch_size, p=data.probabilities)
+    samples = [augment(*data.load(int(i)), cfg, rng) for i in indices]
     images = np.stack([s[0] for s in samples]).astype(np.float32) / 255.0
     x = torch.from_numpy((images - MEAN) / STD).permute(0, 3, 1, 2).contiguous().to(device)  # (B, 3, S, S)
     targets = [label_to_targets(s[1], num_labels) for s in samples]

@@ -15,15 +15,18 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from groundiff import tracking
-from groundiff.config import to_dict
+from groundiff.config import from_params, to_dict
 from groundiff import losslog
 from groundiff.stages.common import Params, atomic_dir, run_stage, write_json
-from groundiff.worlds.preflight import describe_diffusion, diffusion_folder, require_paper_world
-from groundiff.worlds.shapes_diffusion import DiffusionConfig, RunOptions, train_diffusion
+from groundiff.worlds.preflight import (describe_diffusion, diffusion_folder, missing_pipeline_parts,
+                                       require_paper_world)
+from groundiff.worlds.shapes_diffusion import (DiffusionConfig, RunOptions, first_cycle_config, loss_curve,
+                                               seed_first_cycle, train_diffusion)
 
 OUT = Path("worlds/shapes/diffusion")
 STATE = Path("worlds/shapes/state/diffusion")
@@ -37,17 +40,13 @@ class WorldDiffusionParams:
     run: RunOptions = field(default_factory=RunOptions)
 
 
-PIPELINE_PARTS = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
-                  "tokenizer", "scheduler/scheduler_config.json")
-
-
 def record_paper_pipeline(params: Params) -> Path:
     """voc / coco: check the external pipeline is complete; write its source record; return the folder."""
     world, settings = params.world.name, params.paper_world()
     require_paper_world(world, settings)
     sources = describe_diffusion(settings.diffusion)
     folder = diffusion_folder(settings.diffusion)
-    missing = [part for part in PIPELINE_PARTS if not (folder / part).exists()]
+    missing = missing_pipeline_parts(folder)  # a hub snapshot is checked here (preflight: local folders)
     if missing:
         raise FileNotFoundError(f"{settings.diffusion}: the diffusers pipeline lacks {', '.join(missing)}; "
                                 "a Stable Diffusion v1.x folder saved with save_pretrained has them all")
@@ -61,8 +60,64 @@ def record_paper_pipeline(params: Params) -> Path:
     return out
 
 
-def main() -> None:
+def write_loss_plot(rows: list[dict], every: int = 20) -> None:
+    """The UNet loss curve (every cycle, one step axis) as a DVC plot, smoothed to keep it small."""
+    LOSS_PLOT.parent.mkdir(parents=True, exist_ok=True)
+    with LOSS_PLOT.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "loss"])
+        for i in range(0, len(rows), every):
+            chunk = rows[i:i + every]
+            writer.writerow([chunk[-1]["step"], sum(float(r["loss"]) for r in chunk) / len(chunk)])
+
+
+def locked_model_params(lock: Path = Path("dvc.lock")) -> dict:
+    """`world_diffusion.model` as dvc.lock recorded it: the params the shipped pipeline was trained with."""
+    import yaml
+
+    if not lock.exists():
+        raise FileNotFoundError(f"{lock} not found: run this in the project root")
+    stage = (yaml.safe_load(lock.read_text()).get("stages") or {}).get("world_diffusion") or {}
+    model = (stage.get("params") or {}).get("params.yaml", {}).get("world_diffusion.model")
+    if model is None:
+        raise ValueError(f"{lock} records no world_diffusion run: there is no shipped pipeline to continue from")
+    return model
+
+
+def seed_from_shipped(params: Params) -> Path:
+    """Prepare `dvc repro world_diffusion` to continue from the shipped weights with a second cycle.
+
+    Allowed only when the first-cycle params are those dvc.lock recorded for the shipped pipeline
+    (only `finetune_*` changed), so the result equals a from-scratch run of the same params.
+    """
+    if params.world.name != "shapes":
+        raise ValueError(f"the {params.world.name} world's diffusion model is not trained by this project")
+    cfg = params.section("world_diffusion", WorldDiffusionParams).model
+    if not cfg.finetune_steps:
+        raise ValueError("world_diffusion.model.finetune_steps is 0: set the second cycle's length first")
+    shipped = from_params(DiffusionConfig, locked_model_params(), "dvc.lock: world_diffusion.model")
+    changed = [k for k, v in first_cycle_config(cfg).items() if first_cycle_config(shipped)[k] != v]
+    if changed:
+        raise ValueError(f"world_diffusion.model.{', '.join(changed)} differ from what the shipped pipeline was "
+                         "trained with (dvc.lock): only finetune_* may change to continue from it")
+    if not (OUT / "model_index.json").exists():
+        raise FileNotFoundError(f"{OUT}: no shipped pipeline (git checkout it, or train from scratch)")
+    rows = losslog.read_rows(LOSS_PLOT) if LOSS_PLOT.exists() else []
+    seed_first_cycle(OUT, cfg, STATE, [{"step": int(r["step"]), "loss": float(r["loss"])} for r in rows])
+    return STATE
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train (or record) the world's diffusion model; `--continue` seeds cycle 1 from the shipped one."""
+    argv = argv or []
     params = Params()
+    if argv == ["--continue"]:
+        state = seed_from_shipped(params)
+        print(f"world_diffusion: the shipped pipeline seeds {state} as its first cycle; "
+              "`dvc repro world_diffusion` now trains only the second cycle")
+        return
+    if argv:
+        raise ValueError(f"unknown arguments {argv}: the stage takes none, or --continue")
     if params.world.name != "shapes":
         out = record_paper_pipeline(params)
         print(f"world_diffusion: the {params.world.name} world uses {params.paper_world().diffusion} "
@@ -74,15 +129,7 @@ def main() -> None:
         with atomic_dir(OUT) as tmp:
             metrics = train_diffusion(p.model, opts, tmp, STATE, on_log=lambda m: run.log_metrics(
                 {k: v for k, v in m.items() if k != "step"}, step=m["step"]))
-        # The UNet loss curve as a DVC plot (smoothed over log intervals to keep the file small).
-        rows = losslog.read_rows(STATE / "unet_log.csv")
-        LOSS_PLOT.parent.mkdir(parents=True, exist_ok=True)
-        with LOSS_PLOT.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["step", "loss"])
-            for i in range(0, len(rows), 20):
-                chunk = rows[i:i + 20]
-                writer.writerow([chunk[-1]["step"], sum(float(r["loss"]) for r in chunk) / len(chunk)])
+        write_loss_plot(loss_curve(p.model, STATE))
         write_json(METRICS, metrics)
         # Training is complete and shipped: drop the resumable state, so that a forced rerun
         # (`dvc repro --force world_diffusion`) trains from scratch instead of resuming at the end.
@@ -93,4 +140,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(lambda: main(sys.argv[1:]))

@@ -53,12 +53,26 @@ class WorldSetupError(FileNotFoundError):
     """Something a paper world needs is missing; the message lists all of it."""
 
 
+#: What a Stable Diffusion v1.x folder saved with `save_pretrained` holds (and this project loads).
+PIPELINE_PARTS = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+                  "tokenizer", "scheduler/scheduler_config.json")
+
+
+def missing_pipeline_parts(folder: Path) -> list[str]:
+    """The PIPELINE_PARTS absent from a local pipeline folder (an interrupted download, say)."""
+    return [part for part in PIPELINE_PARTS if not (folder / part).exists()]
+
+
 def _check_diffusion(source: str) -> list[str]:
     path = Path(source)
     if path.exists():
         if not (path / "model_index.json").is_file():
             return [f"diffusion: {path} is not a diffusers pipeline folder (no model_index.json). "
                     "Point `diffusion` at a folder saved with `save_pretrained`, or at a hub id."]
+        missing = missing_pipeline_parts(path)
+        if missing:
+            return [f"diffusion: {path} lacks {', '.join(missing)}; a Stable Diffusion v1.x folder saved with "
+                    "save_pretrained has them all (an interrupted copy or download?)"]
         return []
     if not looks_like_hub_id(source):
         return [f"diffusion: {source!r} is neither a local folder nor a hub id like runwayml/stable-diffusion-v1-5."]

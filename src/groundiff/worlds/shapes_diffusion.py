@@ -12,9 +12,16 @@ paper's code path is the same for every world:
   self-attention would dominate the cost).
 - DDPM cosine schedule for training; a DDIM scheduler with the same betas is saved for sampling.
 - Classifier-free guidance: captions are dropped to "" with probability `uncond_prob`.
+- An optional second cycle (`finetune_steps`, a warm restart): the first cycle's EMA weights are
+  trained on for more steps on fresh data, with a new optimizer, its own lr schedule and
+  optionally Min-SNR-gamma loss weighting (Hang et al., ICCV 2023), which spends the gradient on
+  the noisy timesteps where the layout (which shape goes where) is decided.
 
 Training is a pure function of the config: batch `s` is rendered from seeds derived from
-`(seed, s)`, so a run resumed from a checkpoint continues exactly where it stopped.
+`(seed, s)`, so a run resumed from a checkpoint continues exactly where it stopped. Each phase
+ends by writing its weights (`vae.safetensors`, `unet_cycle1.safetensors`,
+`unet_cycle2.safetensors`), so a finished phase is never redone; `seed_first_cycle` writes the
+first two from a shipped pipeline, so that a longer second cycle continues from shipped weights.
 """
 
 from __future__ import annotations
@@ -28,10 +35,11 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from groundiff import losslog
-from groundiff.checkpoint import fingerprint, load_training_state, save_training_state
+from groundiff.checkpoint import atomic_path, fingerprint, load_training_state, save_training_state
 from groundiff.worlds.shapes import BACKGROUND_COLOURS, CLASSES, OBJECT_COLOURS, Scene, SceneSpec, render_scene
 from groundiff.worlds.tokenizer import build_word_tokenizer
 
@@ -72,11 +80,18 @@ class DiffusionConfig:
     text_heads: int = 4
     max_length: int = 24  # tokens, including <bos> and <eos>
     train_timesteps: int = 1000
+    # Second cycle (warm restart from the first cycle's EMA weights); 0 steps = none.
+    finetune_steps: int = 0
+    finetune_lr: float = 4e-4
+    finetune_snr_gamma: float = 0.0  # Min-SNR-gamma loss weight min(SNR, gamma) / SNR; 0 = plain MSE
 
     def __post_init__(self) -> None:
         for name in ("vae_steps", "steps", "batch_size", "vae_batch_size", "image_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.finetune_steps < 0 or self.finetune_lr <= 0 or self.finetune_snr_gamma < 0:
+            raise ValueError("finetune_steps must be >= 0, finetune_lr > 0 and finetune_snr_gamma >= 0, got "
+                             f"{self.finetune_steps}, {self.finetune_lr}, {self.finetune_snr_gamma}")
         if not 0 <= self.uncond_prob < 1:
             raise ValueError(f"uncond_prob must be in [0, 1), got {self.uncond_prob}")
         if self.image_size % 2 ** (len(self.block_out_channels) - 1):
@@ -200,15 +215,63 @@ def render_batch(cfg: DiffusionConfig, step: int, batch_size: int, stream: int) 
 # --- training ---------------------------------------------------------------------------------
 
 
-def lr_factor(step: int, cfg: DiffusionConfig) -> float:
-    """Linear warm-up, constant, then linear decay to `final_lr_fraction`."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    start = cfg.decay_start * cfg.steps
+FIRST_CYCLE_FIELDS = tuple(f for f in DiffusionConfig.__dataclass_fields__ if not f.startswith("finetune_"))
+
+
+def first_cycle_config(cfg: DiffusionConfig) -> dict:
+    """The fields that decide the VAE and the first UNet cycle (all but `finetune_*`)."""
+    return {name: getattr(cfg, name) for name in FIRST_CYCLE_FIELDS}
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One UNet training cycle: its length, peak lr, loss weighting, data stream and files."""
+
+    name: str  # "cycle1" | "cycle2"
+    steps: int
+    lr: float
+    snr_gamma: float
+    stream: int  # render_batch data stream: each cycle sees its own scenes
+
+    @property
+    def state(self) -> str:
+        return f"unet_{self.name}_state.safetensors"
+
+    @property
+    def weights(self) -> str:
+        return f"unet_{self.name}.safetensors"
+
+    @property
+    def log(self) -> str:
+        return f"unet_{self.name}_log.csv"
+
+
+def cycles(cfg: DiffusionConfig) -> list[Cycle]:
+    out = [Cycle("cycle1", cfg.steps, cfg.lr, 0.0, stream=1)]
+    if cfg.finetune_steps:
+        out.append(Cycle("cycle2", cfg.finetune_steps, cfg.finetune_lr, cfg.finetune_snr_gamma, stream=3))
+    return out
+
+
+def lr_factor(step: int, cfg: DiffusionConfig, steps: int | None = None) -> float:
+    """Linear warm-up, constant, then linear decay to `final_lr_fraction`, over `steps` (default cfg.steps)."""
+    steps = cfg.steps if steps is None else steps
+    warmup = min(cfg.warmup_steps, max(steps // 10, 1))
+    if step < warmup:
+        return (step + 1) / warmup
+    start = cfg.decay_start * steps
     if step < start:
         return 1.0
-    frac = (step - start) / max(cfg.steps - start, 1)
+    frac = (step - start) / max(steps - start, 1)
     return 1.0 - (1.0 - cfg.final_lr_fraction) * min(frac, 1.0)
+
+
+def min_snr_weights(alphas_cumprod_t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample Min-SNR-gamma weights for epsilon prediction: min(SNR, gamma) / SNR (1 where gamma = 0)."""
+    if gamma <= 0:
+        return torch.ones_like(alphas_cumprod_t)
+    snr = alphas_cumprod_t / (1 - alphas_cumprod_t)
+    return torch.clamp(snr, max=gamma) / snr
 
 
 class EMA:
@@ -235,7 +298,11 @@ def _autocast(opts: RunOptions):
 def train_vae(vae, cfg: DiffusionConfig, opts: RunOptions, work_dir: Path,
               on_log: Callable[[dict], None] | None = None) -> dict:
     """Phase 1: the autoencoder, on the posterior mean (MSE + L1; tiny KL keeps latents bounded)."""
-    ckpt, log_path = work_dir / "vae_state.safetensors", work_dir / "vae_log.csv"
+    ckpt, log_path, done = work_dir / "vae_state.safetensors", work_dir / "vae_log.csv", work_dir / "vae.safetensors"
+    if done.exists():
+        vae.load_state_dict(load_file(str(done)))
+        vae.to(opts.device).eval()
+        return {"vae_steps": cfg.vae_steps}
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     start = 0
     if ckpt.exists():
@@ -270,7 +337,24 @@ def train_vae(vae, cfg: DiffusionConfig, opts: RunOptions, work_dir: Path,
         if (step + 1) % opts.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
             save_training_state(ckpt, {"vae": vae}, {"vae": opt}, {"step": step + 1})
     vae.eval()
+    _save_weights(done, {"": vae})
+    ckpt.unlink(missing_ok=True)
     return {"vae_steps": cfg.vae_steps}
+
+
+def _save_weights(path: Path, modules: dict[str, torch.nn.Module]) -> None:
+    """Weights only (no optimizer), keys prefixed by `name.` (no prefix for "")."""
+    tensors = {f"{name}.{k}" if name else k: v.detach().cpu().contiguous()
+               for name, module in modules.items() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def _load_weights(path: Path, modules: dict[str, torch.nn.Module]) -> None:
+    tensors = load_file(str(path))
+    for name, module in modules.items():
+        prefix = f"{name}."
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
 
 
 @torch.no_grad()
@@ -289,35 +373,47 @@ def _tokenize(tokenizer, captions: list[str], device: str) -> torch.Tensor:
 
 
 def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_dir: Path,
-               scaling_factor: float, on_log: Callable[[dict], None] | None = None) -> dict:
-    """Phase 2: UNet and text encoder jointly, epsilon-prediction MSE, EMA of both."""
+               scaling_factor: float, cycle: Cycle, on_log: Callable[[dict], None] | None = None) -> dict:
+    """One UNet cycle: UNet and text encoder jointly, epsilon-prediction MSE, EMA of both.
+
+    Cycle 2 starts from cycle 1's EMA weights (`unet_cycle1.safetensors`) with a fresh optimizer.
+    At the end the EMA weights are loaded into the models and saved as the cycle's weights.
+    """
     vae, unet, text_encoder = components["vae"], components["unet"], components["text_encoder"]
     tokenizer, noise_scheduler = components["tokenizer"], components["noise_scheduler"]
-    ckpt, log_path = work_dir / "unet_state.safetensors", work_dir / "unet_log.csv"
+    ckpt, log_path, done = work_dir / cycle.state, work_dir / cycle.log, work_dir / cycle.weights
+    models = {"unet": unet, "text": text_encoder}
     dev = opts.device
+    if done.exists():
+        _load_weights(done, models)
+        unet.to(dev).eval()
+        text_encoder.to(dev).eval()
+        return {f"{cycle.name}_steps": cycle.steps, "final_loss": _mean_tail(log_path)}
+    if cycle.name != "cycle1":
+        _load_weights(work_dir / cycles(cfg)[0].weights, models)
     unet.to(dev).train()
     text_encoder.to(dev).train()
     vae.to(dev).eval().requires_grad_(False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cycle.lr, weight_decay=cfg.weight_decay)
     ema_unet, ema_text = EMA(unet, cfg.ema_decay), EMA(text_encoder, cfg.ema_decay)
+    state_modules = {**models, "ema_unet": ema_unet.shadow, "ema_text": ema_text.shadow}
     start = 0
     if ckpt.exists():
-        start = load_training_state(
-            ckpt,
-            {"unet": unet, "text": text_encoder, "ema_unet": ema_unet.shadow, "ema_text": ema_text.shadow},
-            {"main": opt},
-        )["step"]
+        start = load_training_state(ckpt, state_modules, {"main": opt})["step"]
         losslog.truncate(log_path, start)
+    else:
+        log_path.unlink(missing_ok=True)
     alphas = noise_scheduler.alphas_cumprod.to(dev)
     rows: list[dict] = []
     t0, seen = time.time(), 0
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="unet", mininterval=5)
+    bar = tqdm(range(start, cycle.steps), initial=start, total=cycle.steps, desc=f"unet {cycle.name}",
+               mininterval=5)
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, cfg)
-        images, captions = render_batch(cfg, step, cfg.batch_size, stream=1)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            group["lr"] = cycle.lr * lr_factor(step, cfg, cycle.steps)
+        images, captions = render_batch(cfg, step, cfg.batch_size, stream=cycle.stream)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + (cycle.stream - 1) * 7_919)
         with torch.no_grad(), _autocast(opts):
             latents = vae.encode(images.to(dev)).latent_dist.mean.float() * scaling_factor
         noise = torch.randn(latents.shape, generator=gen).to(dev)
@@ -328,7 +424,8 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
         with _autocast(opts):
             hidden = text_encoder(ids).last_hidden_state
             pred = unet(noisy, timesteps, hidden).sample
-        loss = F.mse_loss(pred.float(), noise)
+        per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(alphas[timesteps], cycle.snr_gamma)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -336,28 +433,40 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
         ema_unet.update(unet)
         ema_text.update(text_encoder)
         seen += latents.shape[0]
-        rows.append({"step": step + 1, "loss": loss.item(), "lr": opt.param_groups[0]["lr"]})
-        if (step + 1) % opts.log_every == 0 or step + 1 == cfg.steps:
+        # The logged loss is the plain MSE in every cycle, so the curves stay comparable.
+        rows.append({"step": step + 1, "loss": per_sample.mean().item(), "lr": opt.param_groups[0]["lr"]})
+        if (step + 1) % opts.log_every == 0 or step + 1 == cycle.steps:
             avg = sum(r["loss"] for r in rows) / len(rows)
             rate = seen / (time.time() - t0)
             bar.set_postfix(loss=f"{avg:.4f}", img_s=f"{rate:.1f}")
             losslog.append_rows(log_path, rows)
             if on_log:
-                on_log({"unet_loss": avg, "images_per_s": rate, "step": step + 1})
+                on_log({"unet_loss": avg, "images_per_s": rate, "step": step + 1 + _offset(cfg, cycle)})
             rows = []
-        if (step + 1) % opts.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_training_state(
-                ckpt,
-                {"unet": unet, "text": text_encoder, "ema_unet": ema_unet.shadow, "ema_text": ema_text.shadow},
-                {"main": opt},
-                {"step": step + 1},
-            )
-    # Ship the EMA weights.
+        if (step + 1) % opts.checkpoint_every == 0 or step + 1 == cycle.steps:
+            save_training_state(ckpt, state_modules, {"main": opt}, {"step": step + 1})
+    # The cycle's result is its EMA weights.
     unet.load_state_dict(ema_unet.shadow)
     text_encoder.load_state_dict(ema_text.shadow)
     unet.eval()
     text_encoder.eval()
-    return {"unet_steps": cfg.steps, "final_loss": _mean_tail(log_path)}
+    _save_weights(done, models)
+    ckpt.unlink(missing_ok=True)
+    return {f"{cycle.name}_steps": cycle.steps, "final_loss": _mean_tail(log_path)}
+
+
+def _offset(cfg: DiffusionConfig, cycle: Cycle) -> int:
+    """Steps before `cycle`, so that curves over both cycles share one step axis."""
+    return 0 if cycle.name == "cycle1" else cfg.steps
+
+
+def loss_curve(cfg: DiffusionConfig, work_dir: Path) -> list[dict]:
+    """Every cycle's logged loss rows on one step axis."""
+    rows = []
+    for cycle in cycles(cfg):
+        rows += [{"step": int(r["step"]) + _offset(cfg, cycle), "loss": float(r["loss"]), "cycle": cycle.name}
+                 for r in losslog.read_rows(work_dir / cycle.log)]
+    return rows
 
 
 def _mean_tail(log_path: Path, n: int = 200) -> float:
@@ -382,28 +491,77 @@ def assemble_pipeline(components: dict, scaling_factor: float):
     )
 
 
+def _guard_state(work_dir: Path, cfg: DiffusionConfig) -> None:
+    """Delete state written for other params: all of it if the first cycle's params changed,
+    only the second cycle's if only `finetune_*` changed (so a longer fine-tune reuses cycle 1)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    base_file, full_file = work_dir / "fingerprint_cycle1", work_dir / "fingerprint_cycle2"
+    base, full = fingerprint(first_cycle_config(cfg)), fingerprint(asdict(cfg))
+    def stale(path: Path, fp: str) -> bool:
+        return not path.exists() or path.read_text().strip() != fp
+    if stale(base_file, base):
+        if any(work_dir.iterdir()):
+            print(f"world_diffusion: {work_dir} holds training state for other params; starting over")
+        for path in work_dir.iterdir():
+            path.unlink()
+    elif stale(full_file, full):
+        for path in work_dir.glob("unet_cycle2*"):
+            path.unlink()
+    base_file.write_text(base)
+    full_file.write_text(full)
+
+
+def seed_first_cycle(pipeline_dir: Path, cfg: DiffusionConfig, work_dir: Path,
+                     loss_rows: list[dict] | None = None) -> None:
+    """Write the VAE and first-cycle weights of a shipped pipeline into `work_dir`.
+
+    The caller vouches that `pipeline_dir` was trained with `cfg`'s first-cycle fields (the
+    stage checks dvc.lock); the architecture is checked here. Training then goes straight to
+    the second cycle. `loss_rows` ({"step", "loss"}) keep the first cycle's curve in the plots.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    components = build_components(cfg)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(pipeline_dir / "unet")
+        vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae")
+        text = CLIPTextModel.from_pretrained(pipeline_dir / "text_encoder")
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"{pipeline_dir}: not a loadable diffusers pipeline ({err})") from err
+    for name, loaded in (("unet", unet), ("vae", vae), ("text_encoder", text)):
+        want = {k: v.shape for k, v in components[name].state_dict().items()}
+        have = {k: v.shape for k, v in loaded.state_dict().items()}
+        if want != have:
+            raise ValueError(f"{pipeline_dir}/{name} does not have the architecture world_diffusion.model "
+                             "describes; it cannot seed the first cycle")
+    _guard_state(work_dir, cfg)
+    for path in work_dir.glob("unet_cycle*"):
+        path.unlink()
+    for path in work_dir.glob("vae*"):
+        path.unlink()
+    _save_weights(work_dir / "vae.safetensors", {"": vae})
+    _save_weights(work_dir / cycles(cfg)[0].weights, {"unet": unet, "text": text})
+    if loss_rows:
+        losslog.append_rows(work_dir / cycles(cfg)[0].log, loss_rows)
+
+
 def train_diffusion(cfg: DiffusionConfig, opts: RunOptions, out_dir: Path, work_dir: Path,
                     on_log: Callable[[dict], None] | None = None) -> dict:
     """Train the world's diffusion model (resuming from `work_dir`) and save it to `out_dir`.
 
     Returns summary metrics. `work_dir` holds resumable safetensors states; a state written
-    for a different config is refused rather than silently mixed in.
+    for different params is refused rather than silently mixed in.
     """
     if opts.num_threads:
         torch.set_num_threads(opts.num_threads)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    fp_file, fp = work_dir / "config_fingerprint", fingerprint(asdict(cfg))
-    states = sorted(work_dir.glob("*_state.safetensors"))
-    if states and (not fp_file.exists() or fp_file.read_text().strip() != fp):
-        # The params changed since these states were written: they cannot be resumed.
-        print(f"world_diffusion: {work_dir} holds training state for other params; starting over")
-        for path in work_dir.iterdir():
-            path.unlink()
-    fp_file.write_text(fp)
+    _guard_state(work_dir, cfg)
     components = build_components(cfg)
     metrics = train_vae(components["vae"], cfg, opts, work_dir, on_log)
     scaling = latent_scaling_factor(components["vae"], cfg, opts.device)
-    metrics.update(train_unet(components, cfg, opts, work_dir, scaling, on_log))
+    for cycle in cycles(cfg):
+        metrics.update(train_unet(components, cfg, opts, work_dir, scaling, cycle, on_log))
+    metrics["unet_steps"] = cfg.steps + cfg.finetune_steps
     metrics["scaling_factor"] = scaling
     pipe = assemble_pipeline({k: v.to("cpu") if hasattr(v, "to") and k != "tokenizer" else v
                               for k, v in components.items()}, scaling)
