@@ -166,3 +166,13 @@ def test_stage_continue_seeds_the_state_only_when_the_first_cycle_params_match(p
     assert {p.name for p in state.glob("*.safetensors")} == {"vae.safetensors", "unet_cycle1.safetensors"}
     with pytest.raises(ValueError, match="unknown arguments"):
         world_diffusion.main(["--bogus"])
+
+
+def test_loss_plot_averages_fixed_step_windows(project):
+    """Cycle 1 seeded from a shipped curve (one row per 20 steps) and cycle 2 (one per step) plot alike."""
+    from groundiff.stages import world_diffusion
+
+    rows = [{"step": 20, "loss": 1.0}, {"step": 40, "loss": 0.5}] + [{"step": 40 + i, "loss": i} for i in range(1, 41)]
+    world_diffusion.write_loss_plot(rows)
+    lines = (project / "metrics/world_diffusion_loss.csv").read_text().split()
+    assert lines == ["step,loss", "20,1.0", "40,0.5", "60,10.5", "80,30.5"]
