@@ -261,6 +261,12 @@ def test_coco_instances_become_semantic_labels(tmp_path):
         assert (inside == expected).mean() > 0.3
 
 
+def test_shapes_preset_is_what_params_yaml_holds(tmp_path):
+    """`groundiff world shapes` on the shipped params.yaml changes nothing: the two never drift apart."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    assert apply_preset(tmp_path / "params.yaml", "shapes") == []
+
+
 def test_world_command_round_trips_params(project):
     shutil.copy(ROOT / "params.yaml", project / "params.yaml")  # the real file, comments and all
     cli_main(["world", "shapes"])
