@@ -93,7 +93,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_segmenter.segmenter.d_model": 128, "train_segmenter.segmenter.num_queries": 20,
         "train_segmenter.segmenter.decoder_layers": 3, "train_segmenter.segmenter.decoder_heads": 4,
         "train_segmenter.segmenter.decoder_ffn": 256, "train_segmenter.segmenter.input_size": 64,
-        "train_segmenter.segmenter.scale_jitter": [0.75, 1.25], "train_segmenter.segmenter.steps": 1000,
+        "train_segmenter.segmenter.scale_jitter": [0.75, 1.25], "train_segmenter.segmenter.steps": 2000,
         "train_segmenter.segmenter.batch_size": 16, "train_segmenter.segmenter.lr": 1.0e-3,
         "train_segmenter.segmenter.backbone_lr_mult": 1.0, "train_segmenter.segmenter.warmup_steps": 50,
         "train_segmenter.segmenter.checkpoint_every": 100, "train_segmenter.segmenter.log_every": 20,
