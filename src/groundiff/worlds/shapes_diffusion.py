@@ -35,11 +35,10 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from groundiff import losslog
-from groundiff.checkpoint import atomic_path, fingerprint, load_training_state, save_training_state
+from groundiff.checkpoint import fingerprint, load_training_state, save_training_state
 from groundiff.worlds.shapes import BACKGROUND_COLOURS, CLASSES, OBJECT_COLOURS, Scene, SceneSpec, render_scene
 from groundiff.worlds.tokenizer import build_word_tokenizer
 
@@ -300,7 +299,7 @@ def train_vae(vae, cfg: DiffusionConfig, opts: RunOptions, work_dir: Path,
     """Phase 1: the autoencoder, on the posterior mean (MSE + L1; tiny KL keeps latents bounded)."""
     ckpt, log_path, done = work_dir / "vae_state.safetensors", work_dir / "vae_log.csv", work_dir / "vae.safetensors"
     if done.exists():
-        vae.load_state_dict(load_file(str(done)))
+        load_training_state(done, {"vae": vae}, {})
         vae.to(opts.device).eval()
         return {"vae_steps": cfg.vae_steps}
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
@@ -337,24 +336,9 @@ def train_vae(vae, cfg: DiffusionConfig, opts: RunOptions, work_dir: Path,
         if (step + 1) % opts.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
             save_training_state(ckpt, {"vae": vae}, {"vae": opt}, {"step": step + 1})
     vae.eval()
-    _save_weights(done, {"": vae})
+    save_training_state(done, {"vae": vae}, {}, {"step": cfg.vae_steps})
     ckpt.unlink(missing_ok=True)
     return {"vae_steps": cfg.vae_steps}
-
-
-def _save_weights(path: Path, modules: dict[str, torch.nn.Module]) -> None:
-    """Weights only (no optimizer), keys prefixed by `name.` (no prefix for "")."""
-    tensors = {f"{name}.{k}" if name else k: v.detach().cpu().contiguous()
-               for name, module in modules.items() for k, v in module.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
-
-
-def _load_weights(path: Path, modules: dict[str, torch.nn.Module]) -> None:
-    tensors = load_file(str(path))
-    for name, module in modules.items():
-        prefix = f"{name}."
-        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
 
 
 @torch.no_grad()
@@ -385,12 +369,12 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
     models = {"unet": unet, "text": text_encoder}
     dev = opts.device
     if done.exists():
-        _load_weights(done, models)
+        load_training_state(done, models, {})
         unet.to(dev).eval()
         text_encoder.to(dev).eval()
         return {f"{cycle.name}_steps": cycle.steps, "final_loss": _mean_tail(log_path)}
     if cycle.name != "cycle1":
-        _load_weights(work_dir / cycles(cfg)[0].weights, models)
+        load_training_state(work_dir / cycles(cfg)[0].weights, models, {})
     unet.to(dev).train()
     text_encoder.to(dev).train()
     vae.to(dev).eval().requires_grad_(False)
@@ -450,7 +434,7 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
     text_encoder.load_state_dict(ema_text.shadow)
     unet.eval()
     text_encoder.eval()
-    _save_weights(done, models)
+    save_training_state(done, models, {}, {"step": cycle.steps})
     ckpt.unlink(missing_ok=True)
     return {f"{cycle.name}_steps": cycle.steps, "final_loss": _mean_tail(log_path)}
 
@@ -540,8 +524,8 @@ def seed_first_cycle(pipeline_dir: Path, cfg: DiffusionConfig, work_dir: Path,
         path.unlink()
     for path in work_dir.glob("vae*"):
         path.unlink()
-    _save_weights(work_dir / "vae.safetensors", {"": vae})
-    _save_weights(work_dir / cycles(cfg)[0].weights, {"unet": unet, "text": text})
+    save_training_state(work_dir / "vae.safetensors", {"vae": vae}, {}, {"step": cfg.vae_steps})
+    save_training_state(work_dir / cycles(cfg)[0].weights, {"unet": unet, "text": text}, {}, {"step": cfg.steps})
     if loss_rows:
         losslog.append_rows(work_dir / cycles(cfg)[0].log, loss_rows)
 
