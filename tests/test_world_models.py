@@ -1,5 +1,6 @@
 """Tiny versions of the world-model trainings: they run, resume exactly, save and load back."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,6 +43,8 @@ def test_saved_pipeline_loads_and_generates_deterministically(tiny_pipeline):
     c = generate(pipe, prompts[:1], [4], cfg)
     assert not np.array_equal(a[0], c[0])
     assert pipe.tokenizer("a photograph of a hexagon").input_ids[5] == pipe.tokenizer.unk_token_id
+    saved = json.loads((tiny_pipeline / "tokenizer/tokenizer.json").read_text())
+    assert saved["padding"] is None and saved["truncation"] is None, "the same whether or not training ran here"
 
 
 def test_diffusion_training_resumes_exactly(tmp_path):
@@ -64,6 +67,13 @@ def test_diffusion_training_resumes_exactly(tmp_path):
         torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6)
     rows = (tmp_path / "work_a/unet_cycle1_log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"], "resumed log has no duplicates"
+
+
+def test_rendering_in_worker_processes_does_not_change_the_result(tiny_pipeline, tmp_path):
+    train_diffusion(TINY, replace(OPTS, data_workers=2), tmp_path / "pipe", tmp_path / "work")
+    ahead, inline = _unet_weights(tmp_path / "pipe"), _unet_weights(tiny_pipeline)
+    for key in inline:
+        torch.testing.assert_close(ahead[key], inline[key], rtol=0, atol=0)
 
 
 def _unet_weights(folder: Path) -> dict:
@@ -166,6 +176,50 @@ def test_stage_continue_seeds_the_state_only_when_the_first_cycle_params_match(p
     assert {p.name for p in state.glob("*.safetensors")} == {"vae.safetensors", "unet_cycle1.safetensors"}
     with pytest.raises(ValueError, match="unknown arguments"):
         world_diffusion.main(["--bogus"])
+
+
+def test_stage_continue_finds_the_first_cycle_in_git_history(project):
+    """Once the shipped pipeline holds a second cycle, `--continue` seeds from the last first-cycle commit."""
+    import subprocess
+
+    import yaml
+
+    from conftest import write_params
+    from groundiff.checkpoint import load_training_state
+    from groundiff.config import to_dict
+    from groundiff.stages import world_diffusion
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, capture_output=True)
+
+    def ship(cfg, message):
+        train_diffusion(cfg, OPTS, project / "worlds/shapes/diffusion", project / "work" / message)
+        locked = {"stages": {"world_diffusion": {"params": {"params.yaml": {"world_diffusion.model": to_dict(cfg)}}}}}
+        (project / "dvc.lock").write_text(yaml.safe_dump(locked))
+        git("add", "dvc.lock", "worlds")
+        git("commit", "-m", message)
+
+    git("init", "-q")
+    ship(TINY, "cycle1")
+    cycle1 = _unet_weights(project / "worlds/shapes/diffusion")
+    ship(replace(TINY, finetune_steps=2), "cycle2")
+    assert any(not torch.equal(cycle1[k], v) for k, v in _unet_weights(project / "worlds/shapes/diffusion").items())
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["world_diffusion"]["model"] = to_dict(replace(TINY, finetune_steps=5))  # a longer second cycle
+    write_params(project, params)
+    world_diffusion.main(["--continue"])
+    from safetensors.torch import load_file
+
+    state = load_file(project / "worlds/shapes/state/diffusion/unet_cycle1.safetensors")
+    for key, value in cycle1.items():
+        value_seeded = state[f"unet.{key}"]
+        assert torch.equal(value_seeded, value), "cycle 1 must come from the first-cycle commit, not the shipped cycle 2"
+
+    params["world_diffusion"]["model"] = to_dict(replace(TINY, finetune_steps=5, lr=0.01))
+    write_params(project, params)
+    with pytest.raises(ValueError, match=r"world_diffusion.model.lr differ"):
+        world_diffusion.main(["--continue"])
 
 
 def test_loss_plot_averages_fixed_step_windows(project):

@@ -16,12 +16,12 @@ import csv
 import json
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from groundiff import tracking
 from groundiff.config import from_params, to_dict
-from groundiff import losslog
 from groundiff.stages.common import Params, atomic_dir, run_stage, write_json
 from groundiff.worlds.preflight import (describe_diffusion, diffusion_folder, missing_pipeline_parts,
                                        require_paper_world)
@@ -73,40 +73,98 @@ def write_loss_plot(rows: list[dict], every: int = 20) -> None:
             writer.writerow([(w + 1) * every, sum(losses) / len(losses)])
 
 
-def locked_model_params(lock: Path = Path("dvc.lock")) -> dict:
-    """`world_diffusion.model` as dvc.lock recorded it: the params the shipped pipeline was trained with."""
+def locked_model_params(lock: Path | str = Path("dvc.lock")) -> dict | None:
+    """`world_diffusion.model` as a dvc.lock (path, or its text) recorded it; None if it records no run."""
     import yaml
 
-    if not lock.exists():
-        raise FileNotFoundError(f"{lock} not found: run this in the project root")
-    stage = (yaml.safe_load(lock.read_text()).get("stages") or {}).get("world_diffusion") or {}
-    model = (stage.get("params") or {}).get("params.yaml", {}).get("world_diffusion.model")
-    if model is None:
-        raise ValueError(f"{lock} records no world_diffusion run: there is no shipped pipeline to continue from")
-    return model
+    if isinstance(lock, Path):
+        if not lock.exists():
+            raise FileNotFoundError(f"{lock} not found: run this in the project root")
+        lock = lock.read_text()
+    stage = ((yaml.safe_load(lock) or {}).get("stages") or {}).get("world_diffusion") or {}
+    return (stage.get("params") or {}).get("params.yaml", {}).get("world_diffusion.model")
 
 
-def seed_from_shipped(params: Params) -> Path:
-    """Prepare `dvc repro world_diffusion` to continue from the shipped weights with a second cycle.
+def _git(*args: str) -> bytes:
+    import subprocess
 
-    Allowed only when the first-cycle params are those dvc.lock recorded for the shipped pipeline
-    (only `finetune_*` changed), so the result equals a from-scratch run of the same params.
+    return subprocess.run(["git", *args], capture_output=True, check=True).stdout
+
+
+def _first_cycle_revisions() -> Iterator[tuple[str, dict]]:
+    """(revision, locked model params) of the working tree, then of each commit that changed dvc.lock."""
+    import subprocess
+
+    locked = locked_model_params()
+    if locked is not None:
+        yield "working tree", locked
+    try:
+        revs = _git("log", "--format=%H", "--", "dvc.lock").decode().split()
+    except (OSError, subprocess.CalledProcessError):
+        return  # not a git checkout: only the working tree can seed
+    for rev in revs:
+        locked = locked_model_params(_git("show", f"{rev}:dvc.lock").decode())
+        if locked is not None:
+            yield rev, locked
+
+
+def _export(rev: str, dest: Path) -> tuple[Path, list[dict]]:
+    """The pipeline folder and loss curve as of `rev` ("working tree" or a commit), copied under `dest`."""
+    import io
+    import subprocess
+    import tarfile
+
+    if rev == "working tree":
+        pipeline, curve = OUT, (LOSS_PLOT.read_text() if LOSS_PLOT.exists() else "")
+    else:
+        with tarfile.open(fileobj=io.BytesIO(_git("archive", "--format=tar", rev, str(OUT)))) as tar:
+            tar.extractall(dest, filter="data")
+        pipeline = dest / OUT
+        try:
+            curve = _git("show", f"{rev}:{LOSS_PLOT}").decode()
+        except subprocess.CalledProcessError:  # an old commit without the plot: no curve to keep
+            curve = ""
+    rows = [{"step": int(r["step"]), "loss": float(r["loss"])} for r in csv.DictReader(io.StringIO(curve))]
+    return pipeline, rows
+
+
+def seed_from_shipped(params: Params) -> tuple[Path, str]:
+    """Prepare `dvc repro world_diffusion` to train only the second cycle, on a shipped first cycle.
+
+    The first cycle comes from the newest shipped pipeline that is a first cycle alone, trained
+    with today's first-cycle params: the working tree's if dvc.lock records no second cycle, else
+    the newest such commit in git history (the shipped pipeline then already holds a second cycle,
+    which a new second cycle must not be stacked on). So the result equals a from-scratch run of
+    the same params. Returns the state folder and the revision that seeded it.
     """
+    import tempfile
+
     if params.world.name != "shapes":
         raise ValueError(f"the {params.world.name} world's diffusion model is not trained by this project")
     cfg = params.section("world_diffusion", WorldDiffusionParams).model
     if not cfg.finetune_steps:
         raise ValueError("world_diffusion.model.finetune_steps is 0: set the second cycle's length first")
-    shipped = from_params(DiffusionConfig, locked_model_params(), "dvc.lock: world_diffusion.model")
-    changed = [k for k, v in first_cycle_config(cfg).items() if first_cycle_config(shipped)[k] != v]
-    if changed:
-        raise ValueError(f"world_diffusion.model.{', '.join(changed)} differ from what the shipped pipeline was "
-                         "trained with (dvc.lock): only finetune_* may change to continue from it")
-    if not (OUT / "model_index.json").exists():
-        raise FileNotFoundError(f"{OUT}: no shipped pipeline (git checkout it, or train from scratch)")
-    rows = losslog.read_rows(LOSS_PLOT) if LOSS_PLOT.exists() else []
-    seed_first_cycle(OUT, cfg, STATE, [{"step": int(r["step"]), "loss": float(r["loss"])} for r in rows])
-    return STATE
+    wanted = first_cycle_config(cfg)
+    differing: set[str] = set()
+    for rev, locked in _first_cycle_revisions():
+        shipped = from_params(DiffusionConfig, locked, f"{rev}: dvc.lock: world_diffusion.model")
+        changed = [k for k, v in first_cycle_config(shipped).items() if wanted[k] != v]
+        if changed:
+            differing.update(changed)
+        elif not shipped.finetune_steps:
+            with tempfile.TemporaryDirectory() as tmp:
+                pipeline, rows = _export(rev, Path(tmp))
+                if not (pipeline / "model_index.json").exists():
+                    raise FileNotFoundError(f"{pipeline}: no shipped pipeline at {rev} (git checkout it, "
+                                            "or train from scratch with `dvc repro --force world_diffusion`)")
+                seed_first_cycle(pipeline, cfg, STATE, rows)
+            return STATE, rev
+    if differing:
+        raise ValueError(f"world_diffusion.model.{', '.join(sorted(differing))} differ from what every shipped "
+                         "first cycle was trained with (dvc.lock, also in git history): only finetune_* may "
+                         "change to continue from one")
+    raise ValueError("no shipped pipeline is a first cycle alone (dvc.lock, also in git history): train from "
+                     "scratch with `dvc repro --force world_diffusion`")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,8 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = argv or []
     params = Params()
     if argv == ["--continue"]:
-        state = seed_from_shipped(params)
-        print(f"world_diffusion: the shipped pipeline seeds {state} as its first cycle; "
+        state, rev = seed_from_shipped(params)
+        print(f"world_diffusion: the first cycle shipped in {rev} seeds {state}; "
               "`dvc repro world_diffusion` now trains only the second cycle")
         return
     if argv:

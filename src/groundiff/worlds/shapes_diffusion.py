@@ -109,12 +109,15 @@ class RunOptions:
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
     checkpoint_every: int = 100  # steps
     log_every: int = 20  # steps
+    data_workers: int = 0  # processes rendering batches ahead (0: in the training loop); a GPU wants ~4
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if self.checkpoint_every <= 0 or self.log_every <= 0:
             raise ValueError("checkpoint_every and log_every must be positive")
+        if self.data_workers < 0:
+            raise ValueError(f"data_workers must be >= 0, got {self.data_workers}")
 
 
 # --- components -------------------------------------------------------------------------------
@@ -211,6 +214,28 @@ def render_batch(cfg: DiffusionConfig, step: int, batch_size: int, stream: int) 
     return images, [training_caption(s, rng, cfg) for s in scenes]
 
 
+class _Batches(torch.utils.data.Dataset):
+    """Batch `i` of a data stream: `render_batch` as a dataset, so worker processes can render ahead."""
+
+    def __init__(self, cfg: DiffusionConfig, batch_size: int, stream: int, start: int, stop: int) -> None:
+        self.cfg, self.batch_size, self.stream, self.start, self.stop = cfg, batch_size, stream, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[str]]:
+        return render_batch(self.cfg, self.start + i, self.batch_size, self.stream)
+
+
+def batches(cfg: DiffusionConfig, batch_size: int, stream: int, start: int, stop: int, workers: int):
+    """Batches `start`..`stop - 1` of a stream, in order; identical for any number of `workers`."""
+    data = _Batches(cfg, batch_size, stream, start, stop)
+    if not workers:
+        return (data[i] for i in range(len(data)))
+    return iter(torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=workers,
+                                            prefetch_factor=8, persistent_workers=False))
+
+
 # --- training ---------------------------------------------------------------------------------
 
 
@@ -282,11 +307,14 @@ class EMA:
 
     @torch.no_grad()
     def update(self, module: torch.nn.Module) -> None:
+        floats, shadows = [], []
         for key, value in module.state_dict().items():
             if value.dtype.is_floating_point:
-                self.shadow[key].lerp_(value, 1.0 - self.decay)
+                floats.append(value)
+                shadows.append(self.shadow[key])
             else:
                 self.shadow[key].copy_(value)
+        torch._foreach_lerp_(shadows, floats, 1.0 - self.decay)  # one fused call: the GPU is launch-bound
 
 
 def _autocast(opts: RunOptions):
@@ -393,10 +421,10 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
     t0, seen = time.time(), 0
     bar = tqdm(range(start, cycle.steps), initial=start, total=cycle.steps, desc=f"unet {cycle.name}",
                mininterval=5)
-    for step in bar:
+    data = batches(cfg, cfg.batch_size, cycle.stream, start, cycle.steps, opts.data_workers)
+    for step, (images, captions) in zip(bar, data):
         for group in opt.param_groups:
             group["lr"] = cycle.lr * lr_factor(step, cfg, cycle.steps)
-        images, captions = render_batch(cfg, step, cfg.batch_size, stream=cycle.stream)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + (cycle.stream - 1) * 7_919)
         with torch.no_grad(), _autocast(opts):
             latents = vae.encode(images.to(dev)).latent_dist.mean.float() * scaling_factor
@@ -463,6 +491,11 @@ def assemble_pipeline(components: dict, scaling_factor: float):
     from diffusers import StableDiffusionPipeline
 
     components["vae"].register_to_config(scaling_factor=scaling_factor)
+    # Tokenizing during training leaves padding / truncation switched on in the fast tokenizer's
+    # backend, which save_pretrained would write into tokenizer.json: switch it off, so the saved
+    # folder is the same whether or not this process trained (callers pass both explicitly).
+    components["tokenizer"].backend_tokenizer.no_padding()
+    components["tokenizer"].backend_tokenizer.no_truncation()
     return StableDiffusionPipeline(
         vae=components["vae"],
         text_encoder=components["text_encoder"],
