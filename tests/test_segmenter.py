@@ -224,6 +224,14 @@ def test_pretrained_backbone_weights_are_loaded(tmp_path, kind):
     assert model(pixel_values=torch.randn(2, 3, 64, 64)).masks_queries_logits.shape[:2] == (2, 6)
 
 
+def test_training_pins_its_cpu_threads_and_restores_them(voc, tmp_path):
+    """The thread count is part of the result (float sums in another order), so training pins it."""
+    before, seen = torch.get_num_threads(), []
+    train_segmenter([DataSource(str(voc), "train")], CLASSES, tiny_cfg(steps=2, num_threads=2), tmp_path / "w",
+                    on_log=lambda m: seen.append(torch.get_num_threads()), progress=False)
+    assert seen == [2, 2] and torch.get_num_threads() == before
+
+
 def test_config_errors_are_clear():
     with pytest.raises(ValueError, match="multiple of 32"):
         SegmenterConfig(fpn_size=48)
@@ -231,3 +239,5 @@ def test_config_errors_are_clear():
         SegmenterConfig(d_model=30, decoder_heads=4)
     with pytest.raises(ValueError, match="scale_jitter"):
         SegmenterConfig(scale_jitter=(1.2, 0.8))
+    with pytest.raises(ValueError, match="num_threads"):
+        SegmenterConfig(num_threads=-1)

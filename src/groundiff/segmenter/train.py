@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -293,6 +294,24 @@ def train_segmenter(sources: Sequence[DataSource], classes: Sequence[str], cfg: 
     Returns the trained segmenter (eval mode) and a summary: samples per source, final loss,
     this session's seconds and seconds per step.
     """
+    with _cpu_threads(cfg.num_threads if device == "cpu" else 0):
+        return _train(sources, classes, cfg, work_dir, device, on_log, progress)
+
+
+@contextmanager
+def _cpu_threads(n: int) -> Iterator[None]:
+    """torch's intra-op CPU threads set to `n` (0: unchanged) for the block, then restored."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(sources: Sequence[DataSource], classes: Sequence[str], cfg: SegmenterConfig, work_dir: Path,
+           device: str, on_log: Callable[[dict], None] | None, progress: bool) -> tuple[Segmenter, dict]:
     # 1. data and model
     data = SegmentationSet(sources)
     num_labels = len(classes) + 1
