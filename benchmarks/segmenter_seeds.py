@@ -1,0 +1,88 @@
+"""How much of a Protocol II number is the variant, and how much the seed? Retrain with other seeds.
+
+    python benchmarks/segmenter_seeds.py                                  # C, D, real_all; seeds 0 1 2
+    python benchmarks/segmenter_seeds.py --variants C real_all --seeds 0 1 2 3 --workers 2
+    python benchmarks/segmenter_seeds.py --out reports/segmenter_seeds.md
+
+Each (variant, seed) trains `train_segmenter@<variant>` exactly as the stage does, with only
+`train_segmenter.segmenter.seed` changed (init, batch order, augmentation, dropout), into a
+temporary folder, and is scored on the real val split as `eval_zs3` scores it. It prints (and
+with --out writes) hIoU, seen and unseen mIoU per seed, each variant's mean and standard
+deviation, and each variant's mean hIoU as a share of real_all's (the issue's targets).
+Needs `dvc repro synth_dataset` (the synthetic data) and the world's real data. A run trains
+len(variants) x len(seeds) MaskFormers: about 3 min each on one thread at the defaults;
+`--workers` runs that many at once (one thread each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+
+def train_and_score(variant: str, seed: int) -> dict:
+    """One (variant, seed): train as the stage does, score as eval_zs3 does; returns the zs3 row."""
+    from groundiff.segmenter import train_segmenter
+    from groundiff.stages.common import Params, real_data
+    from groundiff.stages.eval_zs3 import EvalZS3Params
+    from groundiff.stages.train_segmenter import SYNTH, TrainSegmenterParams
+    from groundiff.zs3 import evaluate, variant_sources
+
+    params = Params()
+    cfg = params.section("train_segmenter", TrainSegmenterParams)
+    scoring = params.section("eval_zs3", EvalZS3Params)
+    split, real = params.class_split(), real_data(params)
+    sources = variant_sources(cfg.variant(variant), split, real, SYNTH)
+    with tempfile.TemporaryDirectory() as work:
+        segmenter, _ = train_segmenter(sources, split.classes, replace(cfg.segmenter, seed=seed), Path(work),
+                                       device=params.world.device, progress=False)
+    result, _ = evaluate(segmenter, real.root, scoring.split, split, scoring.background, scoring.batch_size)
+    print(f"{variant} seed {seed}: hIoU {result['hiou']:.1f} (seen {result['miou_seen']:.1f}, "
+          f"unseen {result['miou_unseen']:.1f})", flush=True)
+    return result
+
+
+def table(results: dict[tuple[str, int], dict], variants: list[str], seeds: list[int]) -> str:
+    """Markdown: per-seed hIoU, mean ± sd of hIoU / seen / unseen, and the share of real_all's mean."""
+    def stats(values: list[float]) -> tuple[float, float]:
+        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+    means = {v: stats([results[v, s]["hiou"] for s in seeds])[0] for v in variants}
+    head = "| variant | " + " | ".join(f"hIoU seed {s}" for s in seeds) + " | hIoU mean ± sd | seen | unseen | share of real_all |"
+    lines = [head, "|" + "---|" * (len(seeds) + 5)]
+    for v in variants:
+        row = [f"{results[v, s]['hiou']:.1f}" for s in seeds]
+        cells = []
+        for key in ("hiou", "miou_seen", "miou_unseen"):
+            mean, sd = stats([results[v, s][key] for s in seeds])
+            cells.append(f"{mean:.1f} ± {sd:.1f}")
+        share = f"{100 * means[v] / means['real_all']:.0f}%" if means.get("real_all") else "—"
+        lines.append(f"| {v} | " + " | ".join(row + cells + [share]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["C", "D", "real_all"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=1, help="trainings at once (one CPU thread each)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
+    args = parser.parse_args()
+
+    jobs = [(v, s) for v in args.variants for s in args.seeds]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        futures = {job: pool.submit(train_and_score, *job) for job in jobs}
+        results = {job: future.result() for job, future in futures.items()}
+    text = table(results, args.variants, args.seeds)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("# Protocol II across segmenter seeds (`benchmarks/segmenter_seeds.py`)\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
