@@ -1,0 +1,86 @@
+"""Train world_diffusion's second cycle as long as a time box allows: how the shipped one was made.
+
+    python -m groundiff.stages.world_diffusion --continue      # seed cycle 1 into the state folder
+    python scripts/timeboxed_second_cycle.py BUDGET_S PROBE_STEPS DEVICE WORKERS OUT_DIR [STEPS]
+    # e.g. on a lent GPU, inside one 10-minute call:  ... 515 400 cuda 8 $OUT
+
+It times PROBE_STEPS steps of the second cycle on a scratch copy of the state, picks the longest
+length (a multiple of 500) that fits 90% of what is left of BUDGET_S (or takes STEPS), and trains
+that cycle into worlds/shapes/state/diffusion with the library's `train_diffusion`. OUT_DIR gets
+the cycle's EMA weights (in two halves, for transfer limits), its loss log, the state
+fingerprints and report.json (device, steps/s, chosen length, times). Back here: join the halves
+into the state folder as unet_cycle2.safetensors, copy the log and fingerprints, set
+`world_diffusion.model.finetune_steps` to the chosen length, and run `dvc repro world_diffusion`;
+it finds every phase done and assembles, records and logs the pipeline.
+The shipped 4000-step cycle 2 came from `515 400 cuda 8` on an H200 (10.9 steps/s).
+"""
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import yaml
+
+from groundiff.config import from_params
+from groundiff.worlds.shapes_diffusion import (
+    DiffusionConfig,
+    RunOptions,
+    train_diffusion,
+)
+
+STATE = Path("worlds/shapes/state/diffusion")
+
+
+def probe_rate(cfg: DiffusionConfig, opts: RunOptions, probe_steps: int) -> float:
+    """Second-cycle steps per second, timed after the first quarter of a scratch run (warm-up)."""
+    scratch = Path("/tmp/gd_probe")
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(STATE, scratch)
+    marks: dict[int, float] = {}
+
+    def mark(m: dict) -> None:
+        if "unet_loss" in m:
+            marks[m["step"] - cfg.steps] = time.time()
+
+    train_diffusion(replace(cfg, finetune_steps=probe_steps), opts, Path("/tmp/gd_probe_out"), scratch, on_log=mark)
+    first, last = min(k for k in marks if k >= probe_steps // 4), max(marks)
+    return (last - first) / (marks[last] - marks[first])
+
+
+def main(argv: list[str]) -> None:
+    t0 = time.time()
+    budget, probe_steps, device, workers, out = float(argv[0]), int(argv[1]), argv[2], int(argv[3]), Path(argv[4])
+    with open("params.yaml") as f:
+        cfg = from_params(DiffusionConfig, yaml.safe_load(f)["world_diffusion"]["model"], "params.yaml")
+    opts = RunOptions(device=device, mixed_precision="bf16", checkpoint_every=10**6,
+                      log_every=max(min(20, probe_steps // 4), 1), data_workers=workers)
+    report = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+              "torch": torch.__version__, "probe_steps": probe_steps, "budget_s": budget}
+    rate = probe_rate(cfg, opts, probe_steps)
+    remaining = budget - (time.time() - t0) - 30  # the final save and the copy out
+    steps = int(argv[5]) if len(argv) > 5 else int(rate * remaining * 0.9 // 500 * 500)
+    report.update(steps_per_s=rate, probe_done_s=time.time() - t0, finetune_steps=steps)
+    print(report, flush=True)
+    if steps <= 0:
+        raise SystemExit("no time left for a second cycle")
+
+    t1 = time.time()
+    metrics = train_diffusion(replace(cfg, finetune_steps=steps), replace(opts, log_every=20), Path("/tmp/gd_out"), STATE)
+    report.update(train_s=time.time() - t1, total_s=time.time() - t0, metrics=metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("unet_cycle2_log.csv", "fingerprint_cycle1", "fingerprint_cycle2"):
+        shutil.copy(STATE / name, out / name)
+    weights = (STATE / "unet_cycle2.safetensors").read_bytes()
+    half = len(weights) // 2
+    (out / "unet_cycle2.part0").write_bytes(weights[:half])
+    (out / "unet_cycle2.part1").write_bytes(weights[half:])
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    print(report, flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
