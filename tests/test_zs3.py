@@ -53,6 +53,21 @@ def test_params_define_the_paper_variants():
     assert list(cfg.variants) == ["A", "B", "C", "D", "E", "real_seen", "real_all"]
 
 
+def test_dvc_stages_split_the_variants_by_synthetic_data():
+    """train_segmenter@ (synthetic data: depends on it) and train_reference@ (real alone: does not)."""
+    root = Path(__file__).resolve().parents[1]
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    cfg = Params(root / "params.yaml").section("train_segmenter", TrainSegmenterParams)
+    synthetic, reference = stages["train_segmenter"], stages["train_reference"]
+    assert synthetic["foreach"] + reference["foreach"] == list(cfg.variants)
+    assert all(cfg.variants[v].synthetic for v in synthetic["foreach"])
+    assert not any(cfg.variants[v].synthetic for v in reference["foreach"])
+    assert "data/synth/segmentation" in synthetic["do"]["deps"]
+    assert "data/synth/segmentation" not in reference["do"]["deps"]
+    assert [train_segmenter.dvc_stage(v, cfg.variants[v]) for v in ("D", "real_all")] == \
+        ["train_segmenter@D", "train_reference@real_all"]
+
+
 def test_variant_sources_in_order(project):
     split = make_split("shapes", ["circle", "ring", "square"], ["ring"])
     real = real_data(Params())
@@ -146,5 +161,6 @@ def test_train_all_variants_then_eval(project):
     import shutil
 
     shutil.rmtree(project / "models/segmenter/B")
-    with pytest.raises(FileNotFoundError, match=r"dvc repro train_segmenter@B"):
+    shutil.rmtree(project / "models/segmenter/real_all")
+    with pytest.raises(FileNotFoundError, match=r"dvc repro train_segmenter@B` && `dvc repro train_reference@real_all"):
         eval_zs3.main()

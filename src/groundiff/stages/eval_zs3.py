@@ -17,7 +17,7 @@ from groundiff.config import to_dict
 from groundiff.data.voc import read_split
 from groundiff.segmenter import Segmenter
 from groundiff.stages.common import Params, real_data, run_stage, write_json
-from groundiff.stages.train_segmenter import MODELS, TrainSegmenterParams
+from groundiff.stages.train_segmenter import MODELS, TrainSegmenterParams, dvc_stage
 from groundiff.zs3 import BACKGROUND_MODES, evaluate, markdown_table, pick_figure_images, prediction_figure
 
 METRICS = Path("metrics/zs3.json")
@@ -44,14 +44,15 @@ class EvalZS3Params:
 def main() -> None:
     params = Params()
     cfg = params.section("eval_zs3", EvalZS3Params)
-    variants = list(params.section("train_segmenter", TrainSegmenterParams).variants)
+    specs = params.section("train_segmenter", TrainSegmenterParams).variants
+    variants = list(specs)
     split = params.class_split()
     real = real_data(params)
     missing = [v for v in variants if not (MODELS / v / "segmenter.json").is_file()]
     if missing:
         raise FileNotFoundError(
             f"no trained segmenter for variant(s) {', '.join(missing)} under {MODELS}/; train them with "
-            + " && ".join(f"`dvc repro train_segmenter@{v}`" for v in missing)
+            + " && ".join(f"`dvc repro {dvc_stage(v, specs[v])}`" for v in missing)
             + " (or `dvc repro eval_zs3`, which trains whatever is missing first)")
     with tracking.stage_run("eval_zs3", {"eval_zs3": to_dict(cfg), "world": to_dict(params.world),
                                          "variants": variants}) as run:

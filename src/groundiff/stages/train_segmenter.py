@@ -1,6 +1,10 @@
-"""Stage `train_segmenter@<variant>`: train one Protocol II MaskFormer variant.
+"""Stages `train_segmenter@<variant>` and `train_reference@<variant>`: train one Protocol II MaskFormer.
 
-    python -m groundiff.stages.train_segmenter A        # dvc repro train_segmenter@A
+    python -m groundiff.stages.train_segmenter A          # dvc repro train_segmenter@A
+    python -m groundiff.stages.train_segmenter real_all   # dvc repro train_reference@real_all
+
+Variants with synthetic data are `train_segmenter@<variant>` stages; those on real data alone
+(the references) are `train_reference@<variant>`, which do not depend on the synthetic dataset.
 
 params.yaml `train_segmenter`: `segmenter` (the SegmenterConfig every variant shares) and
 `variants` (name -> synthetic splits + real data; see `groundiff.zs3`). Output:
@@ -48,6 +52,11 @@ class TrainSegmenterParams:
         return self.variants[name]
 
 
+def dvc_stage(name: str, spec: VariantSpec) -> str:
+    """The DVC stage that trains variant `name`: train_reference@ for real data alone, else train_segmenter@."""
+    return f"{'train_segmenter' if spec.synthetic else 'train_reference'}@{name}"
+
+
 def _check_sources(sources) -> None:
     """A missing split list is one clear error naming the stage that writes it."""
     for source in sources:
@@ -71,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     logged = {"train_segmenter": {"segmenter": to_dict(cfg.segmenter), "variant": name, **asdict(spec),
                                   "sources": [str(s) for s in sources]},
               "world": to_dict(params.world)}
-    with tracking.stage_run(f"train_segmenter@{name}", logged) as run:
+    with tracking.stage_run(dvc_stage(name, spec), logged) as run:
         state = STATE / name
         segmenter, summary = train_segmenter(
             sources, split.classes, cfg.segmenter, state, device=params.world.device,
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(state)
     loss = "n/a" if summary["final_loss"] is None else f"{summary['final_loss']:.3f}"
     pace = "" if summary["seconds_per_step"] is None else f", {summary['seconds_per_step']:.3f} s/step"
-    print(f"train_segmenter@{name}: {sum(summary['samples'].values())} images from {len(sources)} source(s), "
+    print(f"{dvc_stage(name, spec)}: {sum(summary['samples'].values())} images from {len(sources)} source(s), "
           f"final loss {loss}{pace}; saved to {MODELS / name}")
 
 
