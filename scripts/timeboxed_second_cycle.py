@@ -23,16 +23,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
-from groundiff.config import from_params
+from groundiff.stages.common import Params
+from groundiff.stages.world_diffusion import STATE, WorldDiffusionParams
 from groundiff.worlds.shapes_diffusion import (
     DiffusionConfig,
     RunOptions,
     train_diffusion,
 )
-
-STATE = Path("worlds/shapes/state/diffusion")
 
 
 def probe_rate(cfg: DiffusionConfig, opts: RunOptions, probe_steps: int) -> float:
@@ -54,8 +52,7 @@ def probe_rate(cfg: DiffusionConfig, opts: RunOptions, probe_steps: int) -> floa
 def main(argv: list[str]) -> None:
     t0 = time.time()
     budget, probe_steps, device, workers, out = float(argv[0]), int(argv[1]), argv[2], int(argv[3]), Path(argv[4])
-    with open("params.yaml") as f:
-        cfg = from_params(DiffusionConfig, yaml.safe_load(f)["world_diffusion"]["model"], "params.yaml")
+    cfg = Params().section("world_diffusion", WorldDiffusionParams).model
     opts = RunOptions(device=device, mixed_precision="bf16", checkpoint_every=10**6,
                       log_every=max(min(20, probe_steps // 4), 1), data_workers=workers)
     report = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",

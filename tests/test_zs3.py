@@ -64,6 +64,9 @@ def test_dvc_stages_split_the_variants_by_synthetic_data():
     assert not any(cfg.variants[v].synthetic for v in reference["foreach"])
     assert "data/synth/segmentation" in synthetic["do"]["deps"]
     assert "data/synth/segmentation" not in reference["do"]["deps"]
+    # the two stage bodies are one recipe: only the synthetic-data dependency differs
+    without_synth = [d for d in synthetic["do"]["deps"] if d != "data/synth/segmentation"]
+    assert reference["do"] == {**synthetic["do"], "deps": without_synth}
     assert [train_segmenter.dvc_stage(v, cfg.variants[v]) for v in ("D", "real_all")] == \
         ["train_segmenter@D", "train_reference@real_all"]
 
