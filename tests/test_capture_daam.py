@@ -8,7 +8,7 @@ import torch
 from groundiff.diffusion.capture import FeatureCapture, capture_call_for, fold_guidance, replay_features
 from groundiff.diffusion.daam import DAAMTrace
 from groundiff.diffusion.features import feature_specs
-from groundiff.diffusion.pipeline import load_pipeline
+from groundiff.diffusion.pipeline import SamplingConfig, generate, load_pipeline, unet_precision
 from groundiff.diffusion.text import class_embeddings, token_positions
 from groundiff.testing import tiny_sd_pipeline
 
@@ -58,6 +58,38 @@ def test_replay_from_stored_latent_equals_capture(pipe):
     single = replay_features(pipe, cap.latents[1:2], cap.timestep, PROMPTS[1:2])
     assert max((a - b).abs().max().item() for a, b in zip(captured, replayed)) <= 1e-5
     assert max((a[1:2] - b).abs().max().item() for a, b in zip(captured, single)) <= 1e-5
+
+
+def test_bf16_generation_keeps_the_capture_step_in_fp32(pipe):
+    """bf16 denoising, fp32 capture step: captured features equal the fp32 replay of the stored latent."""
+    steps, t = 4, 2
+    call = capture_call_for(steps, t)
+    fp32 = SamplingConfig(steps=steps, guidance_scale=5.0, batch_size=4)
+    bf16 = SamplingConfig(steps=steps, guidance_scale=5.0, batch_size=4, precision="bf16")
+    reference = generate(pipe, PROMPTS, [5, 6, 7], fp32)
+    runs = {}
+    for name, fp32_call in (("exact", call), ("all_bf16", None)):
+        with FeatureCapture(pipe.unet, call) as cap:
+            images = generate(pipe, PROMPTS, [5, 6, 7], bf16, fp32_call=fp32_call)
+        replayed = replay_features(pipe, cap.latents, cap.timestep, PROMPTS)
+        runs[name] = (images, max((a.float() - b).abs().max().item() for a, b in zip(cap.result(), replayed)))
+        if fp32_call is not None:
+            assert all(f.dtype == torch.float32 for f in cap.result())
+    assert runs["exact"][1] <= 1e-5  # the capture step ran in fp32, as replay does
+    assert runs["all_bf16"][1] > 1e-3  # ... which autocast would otherwise change: the hook took effect
+    assert np.array_equal(generate(pipe, PROMPTS, [5, 6, 7], bf16, fp32_call=call), runs["exact"][0])  # seeded
+    assert 0 < np.abs(runs["exact"][0].astype(int) - reference.astype(int)).mean() < 8  # close to fp32, not equal
+    assert not pipe.unet._forward_hooks and not pipe.unet._forward_pre_hooks
+
+
+def test_unet_precision_restores_autocast_when_the_unet_raises(pipe):
+    with pytest.raises(RuntimeError):
+        with unet_precision(pipe.unet, "bf16"):
+            pipe.unet(torch.zeros(1, 3, 16, 16), 1, encoder_hidden_states=torch.zeros(1, 77, 16))  # wrong channels
+    assert not torch.is_autocast_enabled("cpu")
+    assert not pipe.unet._forward_hooks and not pipe.unet._forward_pre_hooks
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
+        SamplingConfig(precision="int8")
 
 
 def test_capture_errors_teach(pipe):

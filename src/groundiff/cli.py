@@ -32,7 +32,8 @@ def _generate(args: argparse.Namespace) -> None:
     split.check_known(args.classes, "--classes")
     synth = params.section("synthesize", SynthesisConfig)
     sampling = SamplingConfig(steps=args.steps or synth.sampling.steps,
-                              guidance_scale=args.guidance or synth.sampling.guidance_scale, batch_size=1)
+                              guidance_scale=args.guidance or synth.sampling.guidance_scale, batch_size=1,
+                              precision=synth.sampling.precision)
     module_dir = Path(args.grounding)
     module = GroundingModule.from_pretrained(module_dir, device=params.world.device)
     pipe = load_pipeline(world_pipeline(params), params.world.device)

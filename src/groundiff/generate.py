@@ -34,8 +34,9 @@ def generate_grounded(pipe, module, prompt: str, classes: list[str], seed: int, 
     """Generate `prompt` from `seed` and predict a mask for every class in `classes`."""
     if not classes:
         raise ValueError("name at least one class to ground, e.g. --classes star")
-    with FeatureCapture(pipe.unet, capture_call_for(sampling.steps, capture_t)) as cap:
-        image = generate(pipe, [prompt], [seed], sampling)[0]
+    call = capture_call_for(sampling.steps, capture_t)
+    with FeatureCapture(pipe.unet, call) as cap:
+        image = generate(pipe, [prompt], [seed], sampling, fp32_call=call)[0]
     features = [f.to(next(module.parameters()).device) for f in cap.result()]
     emb = class_embeddings(pipe, classes, template)[None].to(features[0].device)  # (1, K, D)
     logits = module(features, emb)[0].float()  # (K, S, S)

@@ -262,7 +262,7 @@ def evaluate(pipe, oracle, model, table: pd.DataFrame, split: ClassSplit, cfg: E
         # 1. one generation per batch (`generate` makes one pipeline call for <= batch_size rows),
         #    both hooks on: features at the capture step and cross-attention over all steps
         with FeatureCapture(pipe.unet, call) as cap, DAAMTrace(pipe) as trace:
-            images = generate(pipe, prompts, seeds, cfg.sampling)  # (B, H, W, 3) uint8
+            images = generate(pipe, prompts, seeds, cfg.sampling, fp32_call=call)  # (B, H, W, 3) uint8
         # 2. both methods' masks, from that single generation
         probs = _grounding_probs(model, cap.result(), embeddings, names, index_of, size)
         ours = [p > cfg.mask_threshold for p in probs]

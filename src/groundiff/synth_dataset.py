@@ -190,7 +190,7 @@ def make_shard(pipe, module, rows: pd.DataFrame, split: ClassSplit, cfg: SynthDa
     for i in range(0, len(rows), cfg.sampling.batch_size):
         chunk = rows.iloc[i:i + cfg.sampling.batch_size]
         with FeatureCapture(pipe.unet, call) as cap:
-            images = generate(pipe, list(chunk["prompt"]), list(chunk["seed"]), cfg.sampling)
+            images = generate(pipe, list(chunk["prompt"]), list(chunk["seed"]), cfg.sampling, fp32_call=call)
         features = [f.to(device) for f in cap.result()]
         names = [c.split(CLASS_SEP) for c in chunk["classes"]]
         k_max = max(len(n) for n in names)

@@ -139,7 +139,7 @@ def synthesize_shard(pipe, rows: pd.DataFrame, cfg: SynthesisConfig) -> tuple[li
     for i in range(0, len(rows), cfg.sampling.batch_size):
         chunk = rows.iloc[i:i + cfg.sampling.batch_size]
         with FeatureCapture(pipe.unet, call, record_features=False) as cap:
-            images.extend(generate(pipe, list(chunk["prompt"]), list(chunk["seed"]), cfg.sampling))
+            images.extend(generate(pipe, list(chunk["prompt"]), list(chunk["seed"]), cfg.sampling, fp32_call=call))
         latents.append(cap.latents.float().cpu())
         timesteps.append(torch.full((len(chunk),), cap.timestep, dtype=torch.long))
     return images, torch.cat(latents), torch.cat(timesteps)
