@@ -2,10 +2,12 @@
 
     python benchmarks/grounding_overhead.py                     # the shapes world's models
     python benchmarks/grounding_overhead.py --batch 10 --rounds 3   # a quick smoke run
+    python benchmarks/grounding_overhead.py --precision bf16        # as the pipeline samples (bf16 UNet)
 
 Three numbers, each with its goal:
 1. feature-capture overhead: the pipeline call with FeatureCapture's hooks on vs off (goal <= 1.05x).
-   Plain and captured calls alternate, round by round; the ratio is of the medians.
+   Plain and captured calls alternate, round by round; the ratio is of the medians. Under a
+   reduced --precision the captured call also runs its capture step in fp32, as the stages do.
 2. grounding inference as a fraction of generation: the grounding module's forward for the batch
    (features already captured) vs generating the batch (goal <= 5%).
 3. bytes stored per sample: the capture-step latent synthesize writes vs the UNet features that
@@ -55,6 +57,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--capture-t", type=int, default=1, help="capture step, counted from the end")
     parser.add_argument("--rounds", type=int, default=5, help="alternating plain / captured rounds")
+    parser.add_argument("--precision", default="fp32", help="the UNet's sampling precision: fp32 | bf16 | fp16")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -62,7 +65,7 @@ def main() -> None:
     classes = ["circle", "star"]
     prompts = [f"a photograph of a {classes[i % 2]}" for i in range(args.batch)]
     seeds = list(range(args.batch))
-    sampling = SamplingConfig(steps=args.steps, guidance_scale=5.0, batch_size=args.batch)
+    sampling = SamplingConfig(steps=args.steps, guidance_scale=5.0, batch_size=args.batch, precision=args.precision)
     call = capture_call_for(args.steps, args.capture_t)
 
     generate(pipe, prompts[:2], seeds[:2], sampling)  # warm-up (allocator, kernels)
@@ -73,7 +76,7 @@ def main() -> None:
         plain.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         with FeatureCapture(pipe.unet, call) as cap:
-            generate(pipe, prompts, seeds, sampling)
+            generate(pipe, prompts, seeds, sampling, fp32_call=call)
         captured.append(time.perf_counter() - t0)
         features = cap.result()
         emb = class_embeddings(pipe, classes)[None].expand(args.batch, -1, -1)
@@ -85,7 +88,7 @@ def main() -> None:
     gen = statistics.median(plain)
     latent_bytes = cap.latents[0].numel() * 4  # float32, as synthesize stores it
     feature_bytes = sum(f[0].numel() for f in features) * 4
-    print(f"models: {source}; batch {args.batch}, {args.steps} DDIM steps, capture t={args.capture_t}, "
+    print(f"models: {source}; batch {args.batch}, {args.steps} DDIM steps, {args.precision} UNet, capture t={args.capture_t}, "
           f"{args.rounds} rounds, {torch.get_num_threads()} thread(s)")
     print(f"generation:            {gen:.2f} s per batch ({args.batch / gen:.2f} images/s)")
     print(f"capture overhead:      {statistics.median(captured) / gen:.3f}x (goal <= 1.05x)")
