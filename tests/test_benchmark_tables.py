@@ -3,6 +3,12 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+import pytest
+from PIL import Image
+
+from groundiff.data.voc import read_split, save_label_png, split_ids
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,3 +28,31 @@ def test_segmenter_seeds_table_means_spreads_and_shares():
     assert lines[0].startswith("| variant | hIoU seed 0 | hIoU seed 1 | hIoU mean ± sd |")
     assert lines[2] == "| C | 30.0 | 40.0 | 35.0 ± 7.1 | 25.0 ± 7.1 | 45.0 ± 7.1 | 58% |"
     assert lines[3] == "| real_all | 50.0 | 70.0 | 60.0 ± 14.1 | 55.0 ± 7.1 | 65.0 ± 21.2 | 100% |"
+
+
+def test_real_share_holdout_splits_train_and_scores_on_full_labels(tmp_path):
+    """The dev split is drawn from real *train* only, disjoint from what trains, with every class labelled."""
+    real = tmp_path / "real"
+    (real / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for folder in ("JPEGImages", "SegmentationClass", "SegmentationClassFull"):
+        (real / folder).mkdir()
+    ids = [f"{i:04d}" for i in range(10)]
+    (real / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids) + "\n")
+    (real / "ImageSets/Segmentation/val.txt").write_text("val_0\n")
+    for i in ids:
+        Image.new("RGB", (4, 4)).save(real / "JPEGImages" / f"{i}.jpg")
+        save_label_png(real / "SegmentationClass" / f"{i}.png", np.full((4, 4), 255, np.uint8))  # unseen hidden
+        save_label_png(real / "SegmentationClassFull" / f"{i}.png", np.full((4, 4), 3, np.uint8))  # every class
+
+    share = _load("real_share")
+    fit, dev = share.holdout_roots(real, "train", "SegmentationClass", "SegmentationClassFull", 3, 0,
+                                   tmp_path / "views")
+    fit_ids, dev_ids = split_ids(fit, "train"), split_ids(dev, "dev")
+    assert len(dev_ids) == 3 and len(fit_ids) == 7 and sorted(fit_ids + dev_ids) == ids
+    assert all(label.max() == 3 for _, _, label in read_split(dev, "dev"))  # scored on the full labels
+    assert all(label.min() == 255 for _, _, label in read_split(fit, "train"))  # trains on the hidden ones
+    again = share.holdout_roots(real, "train", "SegmentationClass", "SegmentationClassFull", 3, 0,
+                                tmp_path / "again")
+    assert split_ids(again[1], "dev") == dev_ids  # seeded
+    with pytest.raises(ValueError, match="--holdout must be in 1..9"):
+        share.holdout_roots(real, "train", "SegmentationClass", "SegmentationClassFull", 10, 0, tmp_path / "x")
