@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,34 +47,10 @@ def holdout_roots(real_root: Path, train_split: str, seen_labels: str, full_labe
                                         (held, {"JPEGImages": "JPEGImages", "SegmentationClass": full_labels},
                                          "dev", dev_ids)):
         (root / "ImageSets" / "Segmentation").mkdir(parents=True)
-        for name, target in links.items():
-            if not (root / name).exists():
-                (root / name).symlink_to((real_root / target).resolve(), target_is_directory=True)
+        for name, target in links.items():  # a dict: one link when seen and full labels are one folder
+            (root / name).symlink_to((real_root / target).resolve(), target_is_directory=True)
         (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(members) + "\n")
     return fit, held
-
-
-def train_and_score(variant: str, share: float, fit: str, dev: str) -> dict:
-    """Train `variant` with this real share on the fit images; score on the dev images."""
-    from groundiff.segmenter import train_segmenter
-    from groundiff.stages.common import Params, real_data
-    from groundiff.stages.eval_zs3 import EvalZS3Params
-    from groundiff.stages.train_segmenter import SYNTH, TrainSegmenterParams
-    from groundiff.zs3 import evaluate, variant_sources
-
-    params = Params()
-    cfg = params.section("train_segmenter", TrainSegmenterParams)
-    scoring = params.section("eval_zs3", EvalZS3Params)
-    split = params.class_split()
-    spec = replace(cfg.variant(variant), real_share=share)
-    sources = variant_sources(spec, split, replace(real_data(params), root=fit), SYNTH)
-    with tempfile.TemporaryDirectory() as work:
-        segmenter, _ = train_segmenter(sources, split.classes, cfg.segmenter, Path(work),
-                                       device=params.world.device, progress=False)
-    result, _ = evaluate(segmenter, dev, "dev", split, scoring.background, scoring.batch_size)
-    print(f"{variant} real_share {share}: dev hIoU {result['hiou']:.1f} (seen {result['miou_seen']:.1f}, "
-          f"unseen {result['miou_unseen']:.1f})", flush=True)
-    return result
 
 
 def main() -> None:
@@ -87,6 +62,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="trainings at once (one CPU thread each)")
     args = parser.parse_args()
 
+    # segmenter_seeds sits beside this script, so it is on the path when run as one
+    from segmenter_seeds import train_and_score
+
     from groundiff.stages.common import Params, real_data
 
     params = Params()
@@ -95,7 +73,8 @@ def main() -> None:
         fit, dev = holdout_roots(Path(real.root), real.split, real.seen_labels, real.full_labels, args.holdout,
                                  args.seed, Path(tmp))
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            futures = {s: pool.submit(train_and_score, args.variant, s, str(fit), str(dev)) for s in args.shares}
+            futures = {s: pool.submit(train_and_score, args.variant, real_share=s, real_root=str(fit),
+                                      score_on=(str(dev), "dev")) for s in args.shares}
             results = {s: f.result() for s, f in futures.items()}
     print(f"\n{args.variant} on {args.holdout} held-out real train images (val not read):")
     print("| real_share | dev hIoU | seen | unseen |\n|---|---|---|---|")

@@ -24,8 +24,14 @@ from dataclasses import replace
 from pathlib import Path
 
 
-def train_and_score(variant: str, seed: int) -> dict:
-    """One (variant, seed): train as the stage does, score as eval_zs3 does; returns the zs3 row."""
+def train_and_score(variant: str, seed: int | None = None, real_share: float | None = None,
+                    real_root: str | None = None, score_on: tuple[str, str] | None = None) -> dict:
+    """Train `variant` as its stage does and score it as eval_zs3 does; returns the zs3 row.
+
+    Overrides, each only when given: the segmenter seed, the variant's real_share, the folder its
+    real images come from (`real_root`), and the (root, split) it is scored on (`score_on`;
+    default eval_zs3's). benchmarks/real_share.py uses the last three.
+    """
     from groundiff.segmenter import train_segmenter
     from groundiff.stages.common import Params, real_data
     from groundiff.stages.eval_zs3 import EvalZS3Params
@@ -36,12 +42,16 @@ def train_and_score(variant: str, seed: int) -> dict:
     cfg = params.section("train_segmenter", TrainSegmenterParams)
     scoring = params.section("eval_zs3", EvalZS3Params)
     split, real = params.class_split(), real_data(params)
-    sources = variant_sources(cfg.variant(variant), split, real, SYNTH)
+    spec = cfg.variant(variant) if real_share is None else replace(cfg.variant(variant), real_share=real_share)
+    segmenter_cfg = cfg.segmenter if seed is None else replace(cfg.segmenter, seed=seed)
+    sources = variant_sources(spec, split, real if real_root is None else replace(real, root=real_root), SYNTH)
     with tempfile.TemporaryDirectory() as work:
-        segmenter, _ = train_segmenter(sources, split.classes, replace(cfg.segmenter, seed=seed), Path(work),
+        segmenter, _ = train_segmenter(sources, split.classes, segmenter_cfg, Path(work),
                                        device=params.world.device, progress=False)
-    result, _ = evaluate(segmenter, real.root, scoring.split, split, scoring.background, scoring.batch_size)
-    print(f"{variant} seed {seed}: hIoU {result['hiou']:.1f} (seen {result['miou_seen']:.1f}, "
+    root, split_name = score_on or (real.root, scoring.split)
+    result, _ = evaluate(segmenter, root, split_name, split, scoring.background, scoring.batch_size)
+    label = " ".join([variant] + [f"{k} {v}" for k, v in (("seed", seed), ("real_share", real_share)) if v is not None])
+    print(f"{label}: hIoU {result['hiou']:.1f} on {split_name} (seen {result['miou_seen']:.1f}, "
           f"unseen {result['miou_unseen']:.1f})", flush=True)
     return result
 
