@@ -12,7 +12,8 @@ fingerprints and report.json (device, steps/s, chosen length, times). Back here:
 into the state folder as unet_cycle2.safetensors, copy the log and fingerprints, set
 `world_diffusion.model.finetune_steps` to the chosen length, and run `dvc repro world_diffusion`;
 it finds every phase done and assembles, records and logs the pipeline.
-The shipped 4000-step cycle 2 came from `515 400 cuda 8` on an H200 (10.9 steps/s).
+The shipped cycle 2 (4500 steps of 256, `finetune_batch_size`) came from `530 300 cuda 8` on an
+H100 (11.6 steps/s); an earlier 4000 steps of 64 from `515 400 cuda 8` on an H200 (10.9 steps/s).
 """
 
 import json
@@ -56,7 +57,8 @@ def main(argv: list[str]) -> None:
     opts = RunOptions(device=device, mixed_precision="bf16", checkpoint_every=10**6,
                       log_every=max(min(20, probe_steps // 4), 1), data_workers=workers)
     report = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-              "torch": torch.__version__, "probe_steps": probe_steps, "budget_s": budget}
+              "torch": torch.__version__, "probe_steps": probe_steps, "budget_s": budget,
+              "finetune_batch_size": cfg.finetune_batch_size or cfg.batch_size, "finetune_lr": cfg.finetune_lr}
     rate = probe_rate(cfg, opts, probe_steps)
     remaining = budget - (time.time() - t0) - 30  # the final save and the copy out
     steps = int(argv[5]) if len(argv) > 5 else int(rate * remaining * 0.9 // 500 * 500)

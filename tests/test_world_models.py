@@ -13,8 +13,8 @@ from groundiff.oracle import TorchvisionOracle
 from groundiff.worlds.fidelity import FidelityConfig, fidelity_metrics, fidelity_prompts, found
 from groundiff.oracle import Detections
 from groundiff.worlds.shapes import CLASSES
-from groundiff.worlds.shapes_diffusion import (DiffusionConfig, RunOptions, loss_curve, min_snr_weights,
-                                               seed_first_cycle, train_diffusion)
+from groundiff.worlds.shapes_diffusion import (DiffusionConfig, RunOptions, cycles, first_cycle_config, loss_curve,
+                                               min_snr_weights, seed_first_cycle, train_diffusion)
 from groundiff.worlds.shapes_detector import DetectorConfig, evaluate_mask_ap, train_detector
 
 TINY = DiffusionConfig(vae_steps=2, steps=4, batch_size=4, vae_batch_size=4, vae_channels=8,
@@ -84,7 +84,7 @@ def _unet_weights(folder: Path) -> dict:
 
 def test_second_cycle_continues_from_a_shipped_pipeline_exactly(tmp_path):
     """Seeding cycle 1 from a saved pipeline, then training cycle 2, equals training both from scratch."""
-    both = replace(TINY, finetune_steps=3, finetune_lr=5e-4, finetune_snr_gamma=5.0)
+    both = replace(TINY, finetune_steps=3, finetune_lr=5e-4, finetune_snr_gamma=5.0, finetune_batch_size=6)
     train_diffusion(TINY, OPTS, tmp_path / "shipped", tmp_path / "work_shipped")
     seed_first_cycle(tmp_path / "shipped", both, tmp_path / "work_cont", [{"step": 4, "loss": 0.5}])
     train_diffusion(both, OPTS, tmp_path / "continued", tmp_path / "work_cont")
@@ -102,6 +102,14 @@ def test_second_cycle_continues_from_a_shipped_pipeline_exactly(tmp_path):
     assert [r["step"] for r in loss_curve(longer, tmp_path / "work_cont")] == [4, 5, 6, 7, 8]
     with pytest.raises(ValueError, match="architecture"):
         seed_first_cycle(tmp_path / "shipped", replace(both, block_out_channels=(8, 16, 32)), tmp_path / "w")
+
+
+def test_second_cycle_batch_size_defaults_to_the_first_cycles():
+    assert [c.batch_size for c in cycles(replace(TINY, finetune_steps=3))] == [4, 4]
+    assert [c.batch_size for c in cycles(replace(TINY, finetune_steps=3, finetune_batch_size=6))] == [4, 6]
+    assert "finetune_batch_size" not in first_cycle_config(replace(TINY, finetune_batch_size=6))
+    with pytest.raises(ValueError, match="finetune_batch_size >= 0"):
+        replace(TINY, finetune_batch_size=-1)
 
 
 def test_min_snr_weights():

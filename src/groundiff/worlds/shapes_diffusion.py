@@ -83,14 +83,18 @@ class DiffusionConfig:
     finetune_steps: int = 0
     finetune_lr: float = 4e-4
     finetune_snr_gamma: float = 0.0  # Min-SNR-gamma loss weight min(SNR, gamma) / SNR; 0 = plain MSE
+    finetune_batch_size: int = 0  # 0 = batch_size; a GPU is launch-bound here, so larger batches are ~free
 
     def __post_init__(self) -> None:
         for name in ("vae_steps", "steps", "batch_size", "vae_batch_size", "image_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.finetune_steps < 0 or self.finetune_lr <= 0 or self.finetune_snr_gamma < 0:
-            raise ValueError("finetune_steps must be >= 0, finetune_lr > 0 and finetune_snr_gamma >= 0, got "
-                             f"{self.finetune_steps}, {self.finetune_lr}, {self.finetune_snr_gamma}")
+        if (self.finetune_steps < 0 or self.finetune_lr <= 0 or self.finetune_snr_gamma < 0
+                or self.finetune_batch_size < 0):
+            raise ValueError("finetune_steps must be >= 0, finetune_lr > 0, finetune_snr_gamma >= 0 and "
+                             "finetune_batch_size >= 0 (0 = batch_size), got "
+                             f"{self.finetune_steps}, {self.finetune_lr}, {self.finetune_snr_gamma}, "
+                             f"{self.finetune_batch_size}")
         if not 0 <= self.uncond_prob < 1:
             raise ValueError(f"uncond_prob must be in [0, 1), got {self.uncond_prob}")
         if self.image_size % 2 ** (len(self.block_out_channels) - 1):
@@ -249,12 +253,13 @@ def first_cycle_config(cfg: DiffusionConfig) -> dict:
 
 @dataclass(frozen=True)
 class Cycle:
-    """One UNet training cycle: its length, peak lr, loss weighting, data stream and files."""
+    """One UNet training cycle: its length, peak lr, loss weighting, batch size, data stream and files."""
 
     name: str  # "cycle1" | "cycle2"
     steps: int
     lr: float
     snr_gamma: float
+    batch_size: int
     stream: int  # render_batch data stream: each cycle sees its own scenes
 
     @property
@@ -271,9 +276,10 @@ class Cycle:
 
 
 def cycles(cfg: DiffusionConfig) -> list[Cycle]:
-    out = [Cycle("cycle1", cfg.steps, cfg.lr, 0.0, stream=1)]
+    out = [Cycle("cycle1", cfg.steps, cfg.lr, 0.0, cfg.batch_size, stream=1)]
     if cfg.finetune_steps:
-        out.append(Cycle("cycle2", cfg.finetune_steps, cfg.finetune_lr, cfg.finetune_snr_gamma, stream=3))
+        out.append(Cycle("cycle2", cfg.finetune_steps, cfg.finetune_lr, cfg.finetune_snr_gamma,
+                         cfg.finetune_batch_size or cfg.batch_size, stream=3))
     return out
 
 
@@ -421,7 +427,7 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
     t0, seen = time.time(), 0
     bar = tqdm(range(start, cycle.steps), initial=start, total=cycle.steps, desc=f"unet {cycle.name}",
                mininterval=5)
-    data = batches(cfg, cfg.batch_size, cycle.stream, start, cycle.steps, opts.data_workers)
+    data = batches(cfg, cycle.batch_size, cycle.stream, start, cycle.steps, opts.data_workers)
     for step, (images, captions) in zip(bar, data):
         for group in opt.param_groups:
             group["lr"] = cycle.lr * lr_factor(step, cfg, cycle.steps)
