@@ -70,7 +70,7 @@ def table(results: dict[tuple[str, int], dict], variants: list[str], seeds: list
         for key in ("hiou", "miou_seen", "miou_unseen"):
             mean, sd = stats([results[v, s][key] for s in seeds])
             cells.append(f"{mean:.1f} ± {sd:.1f}")
-        share = f"{100 * means[v] / means['real_all']:.0f}%" if means.get("real_all") else "—"
+        share = f"{100 * means[v] / means['real_all']:.1f}%" if means.get("real_all") else "—"
         lines.append(f"| {v} | " + " | ".join(row + cells + [share]) + " |")
     return "\n".join(lines) + "\n"
 

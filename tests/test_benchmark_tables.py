@@ -26,8 +26,8 @@ def test_segmenter_seeds_table_means_spreads_and_shares():
                ("real_all", 0): row(50.0, 50.0, 50.0), ("real_all", 1): row(70.0, 60.0, 80.0)}
     lines = seeds.table(results, ["C", "real_all"], [0, 1]).splitlines()
     assert lines[0].startswith("| variant | hIoU seed 0 | hIoU seed 1 | hIoU mean ± sd |")
-    assert lines[2] == "| C | 30.0 | 40.0 | 35.0 ± 7.1 | 25.0 ± 7.1 | 45.0 ± 7.1 | 58% |"
-    assert lines[3] == "| real_all | 50.0 | 70.0 | 60.0 ± 14.1 | 55.0 ± 7.1 | 65.0 ± 21.2 | 100% |"
+    assert lines[2] == "| C | 30.0 | 40.0 | 35.0 ± 7.1 | 25.0 ± 7.1 | 45.0 ± 7.1 | 58.3% |"
+    assert lines[3] == "| real_all | 50.0 | 70.0 | 60.0 ± 14.1 | 55.0 ± 7.1 | 65.0 ± 21.2 | 100.0% |"
 
 
 def test_real_share_holdout_splits_train_and_scores_on_full_labels(tmp_path):
