@@ -54,3 +54,23 @@ def test_grounding_module_trains_under_autocast(fp16_pipe):
     loss.backward()
     opt.step()
     assert logits.shape == (2, 2, 32, 32) and torch.isfinite(loss)
+
+
+def test_bf16_sampling_on_cuda_keeps_the_capture_step_in_fp32(tmp_path):
+    """The shapes world's default sampling (fp32 weights, bf16 UNet autocast) on CUDA: the capture
+    step runs in fp32, so the captured features match the fp32 replay of the stored latent."""
+    folder = tiny_sd_pipeline(tmp_path / "tiny_sd", ["dog", "cat", "car"], ["pottedplant"])
+    pipe = load_pipeline(folder, "cuda")
+    steps, t = 4, 2
+    call = capture_call_for(steps, t)
+    bf16 = SamplingConfig(steps=steps, guidance_scale=5.0, batch_size=2, precision="bf16")
+    errors = {}
+    for name, fp32_call in (("exact", call), ("all_bf16", None)):
+        with FeatureCapture(pipe.unet, call) as cap:
+            images = generate(pipe, PROMPTS, [0, 1], bf16, fp32_call=fp32_call)
+        assert images.shape[0] == 2 and images.dtype.name == "uint8"
+        replayed = replay_features(pipe, cap.latents, cap.timestep, PROMPTS)
+        errors[name] = max((a.float() - b).abs().max().item() for a, b in zip(cap.result(), replayed))
+    # TF32 convolutions may differ between batch compositions: close, and far closer than bf16
+    assert errors["exact"] <= 1e-2 and errors["exact"] < errors["all_bf16"] / 4, errors
+    assert not pipe.unet._forward_hooks and not pipe.unet._forward_pre_hooks
