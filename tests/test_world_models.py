@@ -104,8 +104,16 @@ def test_second_cycle_continues_from_a_shipped_pipeline_exactly(tmp_path):
         seed_first_cycle(tmp_path / "shipped", replace(both, block_out_channels=(8, 16, 32)), tmp_path / "w")
 
 
-def test_second_cycle_batch_size_defaults_to_the_first_cycles():
+def test_second_cycle_batch_size_defaults_to_the_first_cycles(tmp_path):
     assert [c.batch_size for c in cycles(replace(TINY, finetune_steps=3))] == [4, 4]
+    # ... and training uses it: 0 equals the first cycle's 4, while 6 draws other batches
+    weights = {}
+    for size in (0, 4, 6):
+        train_diffusion(replace(TINY, finetune_steps=1, finetune_batch_size=size), OPTS, tmp_path / f"p{size}",
+                        tmp_path / f"w{size}")
+        weights[size] = _unet_weights(tmp_path / f"p{size}")
+    assert all(torch.equal(weights[0][k], weights[4][k]) for k in weights[0])
+    assert any(not torch.equal(weights[0][k], weights[6][k]) for k in weights[0])
     assert [c.batch_size for c in cycles(replace(TINY, finetune_steps=3, finetune_batch_size=6))] == [4, 6]
     assert "finetune_batch_size" not in first_cycle_config(replace(TINY, finetune_batch_size=6))
     with pytest.raises(ValueError, match="finetune_batch_size >= 0"):
