@@ -106,11 +106,12 @@ def test_second_cycle_continues_from_a_shipped_pipeline_exactly(tmp_path):
 
 def test_second_cycle_batch_size_defaults_to_the_first_cycles(tmp_path):
     assert [c.batch_size for c in cycles(replace(TINY, finetune_steps=3))] == [4, 4]
-    # ... and training uses it: 0 equals the first cycle's 4, while 6 draws other batches
+    # ... and training uses it: 0 equals the first cycle's 4, while 6 draws other batches. One work
+    # dir: changing only finetune_* keeps cycle 1, so it is trained once
     weights = {}
     for size in (0, 4, 6):
         train_diffusion(replace(TINY, finetune_steps=1, finetune_batch_size=size), OPTS, tmp_path / f"p{size}",
-                        tmp_path / f"w{size}")
+                        tmp_path / "work")
         weights[size] = _unet_weights(tmp_path / f"p{size}")
     assert all(torch.equal(weights[0][k], weights[4][k]) for k in weights[0])
     assert any(not torch.equal(weights[0][k], weights[6][k]) for k in weights[0])
