@@ -20,6 +20,7 @@ def tiny_params() -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["world_data"].update(n_train=12, n_val=6)
     params["prompts"].update(n=40)
+    params["distributed"].update(scheduler="")  # in the stage's process; test_distributed covers clusters
     return params
 
 

@@ -31,6 +31,7 @@ def _run(params, root, tmp_path):
         (lambda p: p["prompts"].update(nn=3), "unknown key"),
         (lambda p: p["world"].update(name="mars"), "unknown world 'mars'"),
         (lambda p: p["world"].update(split=9), "world.split is 9"),
+        (lambda p: p["world"].update(num_threads=-1), "world.num_threads must be >= 0"),
         (lambda p: p["shapes"].update(classes=["circle", "hexagon"]), "cannot draw"),
     ],
 )
@@ -42,6 +43,22 @@ def test_bad_params_fail_clearly_and_touch_nothing(project, tmp_path, mutate, me
     mutate(params)
     assert message in _run(params, project, tmp_path)
     assert out.read_bytes() == before
+
+
+def test_world_num_threads_pins_torch_and_zero_leaves_it():
+    import torch
+
+    from groundiff.stages.common import WorldParams, pin_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        pin_threads(WorldParams(num_threads=0))
+        assert torch.get_num_threads() == 2
+        pin_threads(WorldParams(num_threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_seen_unseen_overlap_is_rejected():

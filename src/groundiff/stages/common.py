@@ -36,9 +36,15 @@ class WorldParams:
     name: str = "shapes"  # shapes | voc | coco
     split: int = 1  # which seen/unseen split of that world
     device: str = "cpu"  # torch device for every stage ("cuda", "cuda:1", ...)
+    # torch CPU threads of every stage of the method (0 = torch's default). Part of the result:
+    # more threads sum floats in another order (train_grounding's weights differ after 3 steps),
+    # so it is pinned, and a run gives the same bytes on any machine and under any scheduler.
+    num_threads: int = 1
 
     def __post_init__(self) -> None:
         check_world_name(self.name)
+        if self.num_threads < 0:
+            raise ValueError(f"world.num_threads must be >= 0 (0 = torch's default), got {self.num_threads}")
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,14 @@ class Params:
             )
         return make_split("shapes", shapes.classes, shapes.splits[self.world.split],
                           where=f"params.yaml: shapes.splits.{self.world.split}")
+
+
+def pin_threads(world: WorldParams) -> None:
+    """Set torch's CPU threads for this stage process to `world.num_threads` (0: leave torch's default)."""
+    if world.num_threads:
+        import torch
+
+        torch.set_num_threads(world.num_threads)
 
 
 #: Where the shapes world's models live (shipped in git, written by the world_* stages).

@@ -23,7 +23,7 @@ from groundiff.diffusion.pipeline import load_pipeline
 from groundiff.grounding import GroundingModule
 from groundiff.protocol1 import (EvalConfig, evaluate, flat_metrics, markdown_report, overlay_figure,
                                  protocol1_prompts)
-from groundiff.stages.common import Params, load_oracle, run_stage, world_pipeline, write_json
+from groundiff.stages.common import Params, load_oracle, pin_threads, run_stage, world_pipeline, write_json
 
 GROUNDING = Path("models/grounding")
 METRICS = Path("metrics/protocol1.json")
@@ -50,6 +50,7 @@ def check_against_training(params: Params, cfg: EvalConfig) -> None:
 
 def main() -> None:
     params = Params()
+    pin_threads(params.world)
     cfg = params.section("eval_grounding", EvalConfig)
     split = params.class_split()
     check_against_training(params, cfg)

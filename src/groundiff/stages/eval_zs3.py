@@ -16,7 +16,7 @@ from groundiff import tracking
 from groundiff.config import to_dict
 from groundiff.data.voc import read_split
 from groundiff.segmenter import Segmenter
-from groundiff.stages.common import Params, real_data, run_stage, write_json
+from groundiff.stages.common import Params, pin_threads, real_data, run_stage, write_json
 from groundiff.stages.train_segmenter import MODELS, TrainSegmenterParams, dvc_stage
 from groundiff.zs3 import BACKGROUND_MODES, evaluate, markdown_table, pick_figure_images, prediction_figure
 
@@ -43,6 +43,7 @@ class EvalZS3Params:
 
 def main() -> None:
     params = Params()
+    pin_threads(params.world)
     cfg = params.section("eval_zs3", EvalZS3Params)
     specs = params.section("train_segmenter", TrainSegmenterParams).variants
     variants = list(specs)

@@ -8,7 +8,7 @@ from groundiff import tracking
 from groundiff.config import to_dict
 from groundiff.pseudo_label import PseudoLabelConfig, pseudo_label
 from groundiff.synthesis import model_fingerprint
-from groundiff.stages.common import Params, load_oracle, oracle_id, run_stage, write_json
+from groundiff.stages.common import Params, load_oracle, oracle_id, pin_threads, run_stage, write_json
 
 SYNTH = Path("data/synth/train")
 OUT = Path("data/synth/train_labels")
@@ -17,6 +17,7 @@ METRICS = Path("metrics/pseudo_label.json")
 
 def main() -> None:
     params = Params()
+    pin_threads(params.world)
     cfg = params.section("pseudo_label", PseudoLabelConfig)
     source = oracle_id(params)
     with tracking.stage_run("pseudo_label", {"pseudo_label": to_dict(cfg), "world": to_dict(params.world)}) as run:

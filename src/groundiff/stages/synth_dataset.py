@@ -13,7 +13,7 @@ from groundiff.config import to_dict
 from groundiff.diffusion.pipeline import load_pipeline
 from groundiff.distributed import DistributedConfig, synth_dataset_distributed
 from groundiff.grounding import GroundingModule
-from groundiff.stages.common import Params, run_stage, world_pipeline, write_json
+from groundiff.stages.common import Params, pin_threads, run_stage, world_pipeline, write_json
 from groundiff.synth_dataset import SynthDatasetConfig, synth_dataset
 from groundiff.synthesis import model_fingerprint
 
@@ -24,6 +24,7 @@ METRICS = Path("metrics/synth_dataset.json")
 
 def main() -> None:
     params = Params()
+    pin_threads(params.world)
     cfg = params.section("synth_dataset", SynthDatasetConfig)
     dist = params.section("distributed", DistributedConfig)
     split = params.class_split()

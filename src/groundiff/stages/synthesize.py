@@ -14,7 +14,7 @@ from groundiff.config import to_dict
 from groundiff.data.prompts import read_prompts
 from groundiff.diffusion.pipeline import load_pipeline
 from groundiff.distributed import DistributedConfig, synthesize_distributed
-from groundiff.stages.common import Params, run_stage, world_pipeline, write_json
+from groundiff.stages.common import Params, pin_threads, run_stage, world_pipeline, write_json
 from groundiff.synthesis import SynthesisConfig, model_fingerprint, synthesize
 
 PROMPTS = Path("data/prompts/train.csv")
@@ -24,6 +24,7 @@ METRICS = Path("metrics/synthesize.json")
 
 def main() -> None:
     params = Params()
+    pin_threads(params.world)
     cfg = params.section("synthesize", SynthesisConfig)
     dist = params.section("distributed", DistributedConfig)
     table = read_prompts(PROMPTS)

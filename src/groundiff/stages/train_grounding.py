@@ -15,7 +15,7 @@ from groundiff import tracking
 from groundiff.config import to_dict
 from groundiff.diffusion.pipeline import load_pipeline
 from groundiff.grounding.train import LOG_NAME, TrainConfig, train_grounding
-from groundiff.stages.common import Params, atomic_dir, run_stage, world_pipeline, write_json
+from groundiff.stages.common import Params, atomic_dir, pin_threads, run_stage, world_pipeline, write_json
 
 SYNTH = Path("data/synth/train")
 LABELS = Path("data/synth/train_labels")
@@ -27,6 +27,7 @@ LOSS_PLOT = Path("metrics/train_grounding_loss.csv")
 
 def main() -> None:
     params = Params()
+    pin_threads(params.world)
     cfg = params.section("train_grounding", TrainConfig)
     split = params.class_split()
     source = world_pipeline(params)

@@ -24,7 +24,7 @@ from pathlib import Path
 from groundiff import tracking
 from groundiff.config import ParamsError, to_dict
 from groundiff.segmenter import SegmenterConfig, train_segmenter
-from groundiff.stages.common import Params, atomic_dir, real_data, run_stage, write_json
+from groundiff.stages.common import Params, atomic_dir, pin_threads, real_data, run_stage, write_json
 from groundiff.zs3 import VariantSpec, variant_sources
 
 #: The synthetic dataset (synth_dataset); the real data is the world's (world_data).
@@ -69,6 +69,7 @@ def _check_sources(sources) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     params = Params()
+    pin_threads(params.world)
     cfg = params.section("train_segmenter", TrainSegmenterParams)
     if len(args) != 1:
         raise ParamsError(f"usage: python -m groundiff.stages.train_segmenter <variant>; variants: {', '.join(cfg.variants)}")
