@@ -5,10 +5,16 @@ stays the record of what was built and an unchanged stage is skipped by DVC. Pre
 scheduling, retries, logs and a UI; MLflow groups the stages' runs under one "prefect pipeline"
 parent whose id reaches each stage as env `GROUNDIFF_PARENT_RUN_ID`.
 
+With `--lanes N` independent stages run at the same time, N at most (flows.lanes: DVC's DAG,
+critical path first). DVC allows it: it releases its repository lock while a stage's command
+runs, and each task waits for the lock (`--wait-for-lock`) when another holds it briefly. The
+stages' outputs are the same bytes as a serial run: every stage pins its torch threads.
+
 Usage (from the project root):
     python -m flows.pipeline                         # all stages, now; a temporary Prefect server
     python -m flows.pipeline --stages prompts world_data
     python -m flows.pipeline --force                 # re-run stages even if DVC says up to date
+    python -m flows.pipeline --lanes 2               # independent stages side by side (2 cores)
     python -m flows.pipeline serve --cron "0 3 * * *"  # deployment "groundiff-nightly" (cron in UTC)
 
 `serve` needs a running server (`prefect server start`, then PREFECT_API_URL): a temporary one
@@ -31,6 +37,8 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as wait_futures
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -42,6 +50,7 @@ import yaml  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from flows.lanes import LanePlanner, lane_widths, stage_graph  # noqa: E402
 from groundiff import tracking  # noqa: E402
 
 OUTPUT_LINES_KEPT = 200  # dvc output returned by run_stage; the last 40 go into error messages
@@ -175,15 +184,20 @@ def select_stages(dvc_yaml: Path, stages: Sequence[str] | None = None) -> list[s
 
 
 @task(retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="dvc repro {stage}")
-def run_stage(stage: str, repo: str, parent_run_id: str | None = None, force: bool = False) -> str:
+def run_stage(stage: str, repo: str, parent_run_id: str | None = None, force: bool = False,
+              one_thread: bool = False) -> str:
     """`dvc repro --single-item <stage>` in repo, its output streamed to the Prefect log.
 
     Returns the last lines of dvc's output; raises with them when dvc fails. No Prefect cache
-    (NO_CACHE): DVC decides whether the stage is up to date, from dvc.lock.
+    (NO_CACHE): DVC decides whether the stage is up to date, from dvc.lock. `one_thread` sets
+    OMP_NUM_THREADS=1 (unless set) for stages sharing the cores with others: two multi-threaded
+    processes on the same cores slow each other down many times over.
     """
     logger = get_run_logger()
     env = _env(parent_run_id)
-    cmd = [_dvc(env), "repro", "--single-item", *(["--force"] if force else []), stage]
+    if one_thread:
+        env.setdefault("OMP_NUM_THREADS", "1")
+    cmd = [_dvc(env), "--wait-for-lock", "repro", "--single-item", *(["--force"] if force else []), stage]
     logger.info("$ %s  (in %s)", shlex.join(["dvc", *cmd[1:]]), repo)
     kept: deque[str] = deque(maxlen=OUTPUT_LINES_KEPT)
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -211,22 +225,59 @@ def run_stage(stage: str, repo: str, parent_run_id: str | None = None, force: bo
 
 
 @flow(name="groundiff-pipeline")
-def pipeline(stages: list[str] | None = None, repo: str = ".", force: bool = False) -> list[str]:
-    """Run `stages` (default: all of dvc.yaml, in order) one after another; return their names.
+def pipeline(stages: list[str] | None = None, repo: str = ".", force: bool = False, lanes: int = 1) -> list[str]:
+    """Run `stages` (default: all of dvc.yaml) in DVC's DAG order, `lanes` at a time; return their names.
 
     One MLflow run "prefect pipeline" is the parent of every stage's run. A stage that still fails
-    after its retry stops the flow; the stages after it do not run.
+    after its retry stops the flow: no stage starts after it, the running ones finish, then its
+    error is raised.
     """
     logger = get_run_logger()
     root = Path(repo).resolve()
-    selected = select_stages(root / "dvc.yaml", stages)
-    logger.info("stages: %s", ", ".join(selected))
+    chosen = set(select_stages(root / "dvc.yaml", stages))
+    # dvc.yaml order, a foreach group (`train_segmenter`) expanded into its stages
+    selected = [n for n in stage_names(root / "dvc.yaml") if n in chosen or n.split("@", 1)[0] in chosen]
+    nodes = stage_graph(root)
+    planner = LanePlanner(nodes, selected, lanes, lane_widths(nodes, _params(root)))
+    logger.info("stages: %s (%d lane%s)", ", ".join(selected), lanes, "" if lanes == 1 else "s")
     with tracking.pipeline_run("prefect pipeline", root=root, tags={"groundiff.launcher": "prefect"}) as parent_id:
         if parent_id:
             logger.info("MLflow parent run %s in %s", parent_id, tracking.tracking_uri(root))
-        for stage in selected:  # plain calls: each stage starts when the previous one finished
-            run_stage(stage, str(root), parent_run_id=parent_id, force=force)
+        _run_planned(planner, root, parent_id, force, logger)
     return selected
+
+
+def _params(root: Path) -> dict[str, Any]:
+    path = root / "params.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def _run_planned(planner: LanePlanner, root: Path, parent_id: str | None, force: bool, logger) -> None:
+    """Submit the planner's stages as Prefect tasks as lanes free up; raise the first failure."""
+    running: dict[Future, tuple[str, Any]] = {}  # the thread's future -> (stage, its PrefectFuture)
+    failure: BaseException | None = None
+    while not planner.done:
+        if failure is None:
+            for stage in planner.start():
+                logger.info("start %s (lanes busy: %d of %d)", stage, planner.busy, planner.lanes)
+                future = run_stage.submit(stage, str(root), parent_run_id=parent_id, force=force,
+                                          one_thread=planner.lanes > 1)
+                running[future.wrapped_future] = (stage, future)
+        if not running:
+            break
+        finished, _ = wait_futures(list(running), return_when=FIRST_COMPLETED)
+        for wrapped in finished:
+            stage, future = running.pop(wrapped)
+            planner.finished(stage)
+            try:
+                future.result()  # raises the task's error
+            except BaseException as err:  # noqa: BLE001  (re-raised below, once the others stop)
+                if failure is None:
+                    failure = err
+                    dropped = planner.cancel()
+                    logger.error("%s failed; not starting %s", stage, ", ".join(dropped) or "anything else")
+    if failure is not None:
+        raise failure
 
 
 # --------------------------------------------------------------------------- command line
@@ -236,9 +287,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", nargs="?", choices=["run", "serve"], default="run",
                         help="run the pipeline now (default), or serve a scheduled deployment")
-    parser.add_argument("--stages", nargs="+", metavar="STAGE", help="stages to run, in this order (default: all)")
+    parser.add_argument("--stages", nargs="+", metavar="STAGE", help="stages to run, in DVC's DAG order (default: all); stages upstream of them are taken as built")
     parser.add_argument("--repo", default=str(tracking.project_root()), help="project root (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="re-run stages even if DVC says they are up to date")
+    parser.add_argument("--lanes", type=int, default=1, metavar="N",
+                        help="run up to N independent stages at once (default: %(default)s; 2 on a 2-core machine)")
     parser.add_argument("--cron", default="0 3 * * *", help="serve: cron schedule, UTC (default: %(default)r)")
     parser.add_argument("--name", default="groundiff-nightly", help="serve: deployment name (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -249,9 +302,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error("serve needs a running Prefect server for its schedule: start one with "
                          "`prefect server start`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`")
         pipeline.serve(name=args.name, cron=args.cron,
-                       parameters={"stages": args.stages, "repo": args.repo, "force": args.force})
+                       parameters={"stages": args.stages, "repo": args.repo, "force": args.force,
+                                   "lanes": args.lanes})
     else:
-        pipeline(stages=args.stages, repo=args.repo, force=args.force)
+        if args.lanes < 1:
+            parser.error(f"--lanes must be >= 1, got {args.lanes}")
+        pipeline(stages=args.stages, repo=args.repo, force=args.force, lanes=args.lanes)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,21 @@ from flows.pipeline import _parse_stage_names, pipeline, select_stages, stage_na
 # One script for every stage: logs that it ran, then writes <name>.txt from its input (or, for the
 # first stage, from the MLflow parent run id the flow hands down).
 STEP = """\
-import os, pathlib, sys
+import os, pathlib, sys, time
 name, source = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
 with open("ran.log", "a") as log:
     log.write(name + "\\n")
 if name == "broken":
     sys.exit("broken: failing on purpose")
+if source and source.startswith("meet:"):  # run only while the other stage runs too
+    other, source = source[5:], None
+    pathlib.Path(name + ".started").touch()
+    deadline = time.time() + 60
+    while not pathlib.Path(other + ".started").exists():
+        if time.time() > deadline:
+            sys.exit(name + ": " + other + " never ran at the same time")
+        time.sleep(0.1)
+    time.sleep(0.5)  # both are inside their commands now
 text = pathlib.Path(source).read_text() if source else os.environ.get("GROUNDIFF_PARENT_RUN_ID", "-")
 pathlib.Path(name + ".txt").write_text(text + "+" + name)
 """
@@ -146,6 +155,38 @@ def test_failing_stage_raises_after_its_retry(tmp_path: Path, prefect_server: No
     assert (repo / "ran.log").read_text() == "broken\nbroken\n"  # first try + one retry
     [parent] = mlflow_runs(repo).values()
     assert parent.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_two_lanes_run_independent_stages_at_the_same_time(tmp_path: Path, prefect_server: None,
+                                                           empty_db: Path) -> None:
+    # left and right each wait (up to 60 s) for the other to have started: one lane would fail.
+    repo = make_repo(tmp_path / "repo", """\
+        stages:
+          left:
+            cmd: python step.py left meet:right
+            deps: [step.py]
+            outs: [left.txt]
+          right:
+            cmd: python step.py right meet:left
+            deps: [step.py]
+            outs: [right.txt]
+          join:
+            cmd: python step.py join left.txt && python step.py join2 right.txt
+            deps: [step.py, left.txt, right.txt]
+            outs: [join.txt, join2.txt]
+        """, db=empty_db)
+
+    assert pipeline(repo=str(repo), lanes=2) == ["left", "right", "join"]
+
+    ran = (repo / "ran.log").read_text().split()
+    assert sorted(ran[:2]) == ["left", "right"] and ran[2:] == ["join", "join2"]  # join waited for both
+    assert (repo / "join2.txt").read_text().endswith("+right+join2")
+    # both lanes wrote dvc.lock: every stage is recorded, and DVC finds nothing to do
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=repo, capture_output=True, text=True, check=False)
+    assert "up to date" in status.stdout, status.stdout
+    [parent] = [r for r in mlflow_runs(repo).values() if r.info.run_name == "prefect pipeline"]
+    assert parent.info.status == "FINISHED"
 
 
 def test_unknown_stage_is_named_with_the_known_ones(tmp_path: Path) -> None:
