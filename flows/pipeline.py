@@ -35,6 +35,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future
@@ -255,11 +256,14 @@ def _params(root: Path) -> dict[str, Any]:
 def _run_planned(planner: LanePlanner, root: Path, parent_id: str | None, force: bool, logger) -> None:
     """Submit the planner's stages as Prefect tasks as lanes free up; raise the first failure."""
     running: dict[Future, tuple[str, Any]] = {}  # the thread's future -> (stage, its PrefectFuture)
+    started: dict[str, float] = {}
     failure: BaseException | None = None
+    t0 = time.monotonic()
     while not planner.done:
         if failure is None:
             for stage in planner.start():
                 logger.info("start %s (lanes busy: %d of %d)", stage, planner.busy, planner.lanes)
+                started[stage] = time.monotonic()
                 future = run_stage.submit(stage, str(root), parent_run_id=parent_id, force=force,
                                           one_thread=planner.lanes > 1)
                 running[future.wrapped_future] = (stage, future)
@@ -269,6 +273,8 @@ def _run_planned(planner: LanePlanner, root: Path, parent_id: str | None, force:
         for wrapped in finished:
             stage, future = running.pop(wrapped)
             planner.finished(stage)
+            logger.info("%s ended after %s (pipeline at %s)", stage, _clock(time.monotonic() - started[stage]),
+                        _clock(time.monotonic() - t0))
             try:
                 future.result()  # raises the task's error
             except BaseException as err:  # noqa: BLE001  (re-raised below, once the others stop)
@@ -278,6 +284,10 @@ def _run_planned(planner: LanePlanner, root: Path, parent_id: str | None, force:
                     logger.error("%s failed; not starting %s", stage, ", ".join(dropped) or "anything else")
     if failure is not None:
         raise failure
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 # --------------------------------------------------------------------------- command line

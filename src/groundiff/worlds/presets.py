@@ -71,6 +71,8 @@ _PAPER: dict[str, Any] = {
     "synthesize.sampling.precision": "fp32",
     "eval_grounding.sampling.precision": "fp32",
     "synth_dataset.sampling.precision": "fp32",
+    # generate in the stage's own process on the GPU; a cluster of GPU workers: its address (README)
+    "distributed.scheduler": "",
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -105,6 +107,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_zs3.batch_size": 64,
         "world_fidelity.sampling.precision": "bf16", "synthesize.sampling.precision": "bf16",
         "eval_grounding.sampling.precision": "bf16", "synth_dataset.sampling.precision": "bf16",
+        "distributed.scheduler": "local",  # 2 one-thread workers: both cores, the same bytes
     },
     # Protocol I uses VOC splits 1-3; Protocol II's ZS3Net unseen set is split 0 (`--split 0`).
     "voc": {**_PAPER, "world.name": "voc", "world.split": 1},
