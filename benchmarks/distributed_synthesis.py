@@ -54,14 +54,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="bf16", help="the UNet's sampling precision (the pipeline's: bf16)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    from dask.distributed import Client, LocalCluster
-
     from groundiff.data.prompts import PromptConfig, sample_prompts
     from groundiff.diffusion.pipeline import SamplingConfig
-    from groundiff.distributed import load_on_workers, synthesize_distributed
+    from groundiff.distributed import DistributedConfig, dask_client, load_on_workers, synthesize_distributed
     from groundiff.synthesis import SynthesisConfig
     from groundiff.worlds.shapes import CLASSES
 
@@ -74,15 +73,14 @@ def main() -> None:
         else:
             source, which = _tiny_pipeline(work / "tiny_pipe"), "tiny random pipeline"
         table = sample_prompts(CLASSES, PromptConfig(n=args.images, seed=0))
-        cfg = SynthesisConfig(sampling=SamplingConfig(steps=args.steps, guidance_scale=5.0,
-                                                      batch_size=args.batch_size), shard_size=args.shard_size)
+        cfg = SynthesisConfig(sampling=SamplingConfig(steps=args.steps, guidance_scale=5.0, batch_size=args.batch_size,
+                                                      precision=args.precision), shard_size=args.shard_size)
         print(f"pipeline: {which}; {args.images} images, {args.steps} DDIM steps, shards of {args.shard_size}, "
-              f"batch {args.batch_size}, {os.cpu_count()} CPUs, device {args.device}")
+              f"batch {args.batch_size}, {args.precision}, {os.cpu_count()} CPUs, device {args.device}")
         rows, digests = [], set()
         for n in args.workers:
             start = time.perf_counter()
-            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                              dashboard_address=None) as cluster, Client(cluster) as client:
+            with dask_client(DistributedConfig("local", n_workers=n)) as client:  # as the stages start it
                 load_on_workers(client, source, args.device)
                 ready = time.perf_counter()
                 out = work / f"out_{n}"
