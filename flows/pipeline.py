@@ -167,18 +167,19 @@ def _matrix_keys(axes: Mapping[str, Sequence[Any]]) -> list[str]:
 
 
 def select_stages(dvc_yaml: Path, stages: Sequence[str] | None = None) -> list[str]:
-    """`stages` checked against dvc.yaml (a foreach group name like `synth` is fine), else all.
+    """`stages` checked against dvc.yaml, else all; in dvc.yaml order, a foreach group name like
+    `synth` expanded into its stages (`synth@shapes`, ...), as `dvc repro synth` would run them.
 
     Checked before anything runs, so a typo fails in a second, not after an hour of earlier stages.
     """
     known = stage_names(dvc_yaml)
     if not stages:
         return known
-    groups = {name.split("@", 1)[0] for name in known}  # `dvc repro synth` runs every synth@*
+    groups = {name.split("@", 1)[0] for name in known}
     unknown = [s for s in stages if s not in known and s not in groups]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown} in {dvc_yaml}; it has: {', '.join(known)}")
-    return list(stages)
+    return [name for name in known if name in stages or name.split("@", 1)[0] in stages]
 
 
 # --------------------------------------------------------------------------- task and flow
@@ -235,22 +236,15 @@ def pipeline(stages: list[str] | None = None, repo: str = ".", force: bool = Fal
     """
     logger = get_run_logger()
     root = Path(repo).resolve()
-    chosen = set(select_stages(root / "dvc.yaml", stages))
-    # dvc.yaml order, a foreach group (`train_segmenter`) expanded into its stages
-    selected = [n for n in stage_names(root / "dvc.yaml") if n in chosen or n.split("@", 1)[0] in chosen]
+    selected = select_stages(root / "dvc.yaml", stages)
     nodes = stage_graph(root)
-    planner = LanePlanner(nodes, selected, lanes, lane_widths(nodes, _params(root)))
+    planner = LanePlanner(nodes, selected, lanes, lane_widths(nodes, _vars(root, None)))
     logger.info("stages: %s (%d lane%s)", ", ".join(selected), lanes, "" if lanes == 1 else "s")
     with tracking.pipeline_run("prefect pipeline", root=root, tags={"groundiff.launcher": "prefect"}) as parent_id:
         if parent_id:
             logger.info("MLflow parent run %s in %s", parent_id, tracking.tracking_uri(root))
         _run_planned(planner, root, parent_id, force, logger)
     return selected
-
-
-def _params(root: Path) -> dict[str, Any]:
-    path = root / "params.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def _run_planned(planner: LanePlanner, root: Path, parent_id: str | None, force: bool, logger) -> None:
@@ -297,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", nargs="?", choices=["run", "serve"], default="run",
                         help="run the pipeline now (default), or serve a scheduled deployment")
-    parser.add_argument("--stages", nargs="+", metavar="STAGE", help="stages to run, in DVC's DAG order (default: all); stages upstream of them are taken as built")
+    parser.add_argument("--stages", nargs="+", metavar="STAGE",
+                        help="stages to run, in DVC's DAG order (default: all); their upstream stages are taken as built")
     parser.add_argument("--repo", default=str(tracking.project_root()), help="project root (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="re-run stages even if DVC says they are up to date")
     parser.add_argument("--lanes", type=int, default=1, metavar="N",

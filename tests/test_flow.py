@@ -122,6 +122,8 @@ def test_stage_names_match_dvc_for_foreach_and_matrix(tmp_path: Path) -> None:
                 "grid@1-opt0", "grid@1-true", "eval@seen", "eval@unseen"]
     assert stage_names(repo / "dvc.yaml") == expected  # what `dvc stage list` says
     assert _parse_stage_names(repo / "dvc.yaml") == expected  # the fallback agrees with DVC
+    # a foreach group stands for its stages; the selection comes back in dvc.yaml order
+    assert select_stages(repo / "dvc.yaml", ["eval", "zeta"]) == ["zeta", "eval@seen", "eval@unseen"]
 
 
 @pytest.mark.slow
