@@ -155,6 +155,56 @@ def test_save_load_round_trip_is_exact(tiny_cfg, tmp_path):
         assert torch.equal(loaded(features, queries), model(features, queries))
 
 
+def test_standardized_text_separates_nearly_parallel_class_embeddings(tiny_cfg, tmp_path):
+    """Embeddings sharing >99% of their direction (the shapes text encoder's) become distinct queries."""
+    g = torch.Generator().manual_seed(0)
+    common = 5.0 * torch.randn(64, generator=g)
+    seen = common + 0.03 * torch.randn(4, 64, generator=g)  # cosine > 0.99 to each other
+    unseen = common + 0.03 * torch.randn(1, 64, generator=g)
+    assert F.cosine_similarity(seen[0], seen[1], dim=0) > 0.99
+
+    cfg = GroundingConfig(**{**tiny_cfg.__dict__, "standardize_text": True})
+    model = tiny_model(cfg).eval()
+    model.set_text_statistics(seen)
+    torch.testing.assert_close(model.text_shift, seen.mean(0))
+    standardized = (seen - model.text_shift) * model.text_scale
+    torch.testing.assert_close(standardized.pow(2).mean(), torch.tensor(1.0))  # unit RMS per dimension
+    torch.testing.assert_close(standardized.mean(0), torch.zeros(64), atol=1e-4, rtol=0)
+    # an unseen class goes through the same fixed affine map: no statistics from it
+    u = (unseen - model.text_shift) * model.text_scale
+    assert 0.3 < u.pow(2).mean().sqrt() < 3.0
+
+    # what the decoder sees: raw, the two classes' queries are nearly one vector; standardized, not
+    raw = tiny_model(tiny_cfg).eval()
+    with torch.no_grad():
+        q_raw = raw.to_q(seen[:2])
+        q_std = model.to_q(standardized[:2])
+    assert F.cosine_similarity(q_raw[0], q_raw[1], dim=0) > 0.99
+    assert F.cosine_similarity(q_std[0], q_std[1], dim=0) < 0.9
+
+    # the statistics travel with the weights, and the forward uses them
+    features = random_features(cfg, batch=1)
+    model.save_pretrained(tmp_path / "gm")
+    loaded = GroundingModule.from_pretrained(tmp_path / "gm")
+    assert loaded.config.standardize_text
+    torch.testing.assert_close(loaded.text_scale, model.text_scale)
+    with torch.no_grad():
+        assert torch.equal(loaded(features, seen[None, :2]), model(features, seen[None, :2]))
+        plain = GroundingModule(cfg).eval()
+        plain.load_state_dict({**model.state_dict(), "text_shift": torch.zeros(64), "text_scale": torch.ones(())})
+        assert not torch.allclose(plain(features, seen[None, :2]), model(features, seen[None, :2]))
+
+
+def test_text_statistics_errors(tiny_cfg):
+    with pytest.raises(ValueError, match="standardize_text=False"):
+        tiny_model(tiny_cfg).set_text_statistics(torch.randn(3, 64))
+    model = tiny_model(GroundingConfig(**{**tiny_cfg.__dict__, "standardize_text": True}))
+    with pytest.raises(ValueError, match=r"\(N >= 2, 64\)"):
+        model.set_text_statistics(torch.randn(1, 64))
+    with pytest.raises(ValueError, match="all identical"):
+        model.set_text_statistics(torch.ones(3, 64))
+
+
 def test_missing_checkpoint_says_how_to_make_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="dvc repro train_grounding"):
         GroundingModule.from_pretrained(tmp_path / "nothing")

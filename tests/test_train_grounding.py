@@ -27,6 +27,7 @@ from groundiff.grounding.train import (
 )
 from groundiff.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
 from groundiff.pseudo_label import PseudoLabelConfig, load_mask, pseudo_label, read_labels
+from groundiff.diffusion.text import class_embeddings
 from groundiff.stages.common import Params
 from groundiff.synthesis import SynthesisConfig, synthesize
 from groundiff.worlds.shapes_diffusion import DiffusionConfig, assemble_pipeline, build_components
@@ -141,6 +142,12 @@ def test_unseen_classes_never_reach_training(world, pipe, tmp_path):
     cfg = replace(TINY, steps=1, strategy="normal")  # normal: ring (never found) is kept too
     _, metrics = train_grounding(pipe, world / "synth", world / "labels", SEEN, cfg, tmp_path)
     assert metrics["classes"] == ["ring", "star"]
+    # standardized embeddings: the statistics come from the training (seen) classes alone
+    cfg = replace(cfg, standardize_text=True)
+    model, _ = train_grounding(pipe, world / "synth", world / "labels", SEEN, cfg, tmp_path / "std")
+    seen_table = class_embeddings(pipe, ["ring", "star"], cfg.template)
+    torch.testing.assert_close(model.text_shift, seen_table.mean(0))
+    assert model.text_shift.shape == (16,) and model.text_scale > 0
 
 
 def test_batches_mixing_capture_timesteps_replay_per_timestep(world, pipe):
@@ -228,6 +235,11 @@ def test_stage_writes_module_metrics_and_plot(project, world):
     # split 1 holds out ring and heart: the stage trains on star only
     params["train_grounding"].update(steps=3, batch_size=4, bucket_widths=[4, 8, 8], d_model=32, n_heads=2,
                                      ffn_dim=64, n_layers=1, checkpoint_every=2, log_every=1)
+    write_params(project, params)
+    with pytest.raises(ValueError, match="standardize_text: false"):  # one class: nothing to standardise against
+        stage.main()
+    assert not (project / "models/grounding").exists()
+    params["train_grounding"]["standardize_text"] = False
     write_params(project, params)
     stage.main()
     model = GroundingModule.from_pretrained(project / "models/grounding")

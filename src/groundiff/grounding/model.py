@@ -82,6 +82,10 @@ class GroundingConfig:
     # released code's quirk: its in-place ReLU makes the mix-conv shortcut add ReLU(BN(x));
     # False adds x itself (the textbook BigGAN residual block)
     shortcut_after_relu: bool = True
+    # standardise class embeddings before the query projection: subtract the training classes'
+    # mean embedding and divide by their RMS deviation (buffers `text_shift`, `text_scale`, fixed
+    # by `set_text_statistics`). Not in the paper; see `set_text_statistics` for why
+    standardize_text: bool = False
 
     def __post_init__(self) -> None:
         # JSON gives lists; keep tuples so the config stays hashable and compares equal.
@@ -265,6 +269,31 @@ class GroundingModule(nn.Module):
         self.to_q = nn.Linear(c.text_dim, c.d_model, bias=False)
         self.layers = nn.ModuleList(DecoderLayer(c.d_model, c.n_heads, c.ffn_dim) for _ in range(c.n_layers))
         self.mlp = MLP([c.d_model, c.d_model, c.d_model, c.feature_dim])
+        if c.standardize_text:  # identity until set_text_statistics; saved with the weights
+            self.register_buffer("text_shift", torch.zeros(c.text_dim))
+            self.register_buffer("text_scale", torch.ones(()))
+
+    def set_text_statistics(self, embeddings: Tensor) -> None:
+        """Fix the class-embedding standardisation from the training classes' embeddings (N, text_dim).
+
+        Why: a small text encoder's hidden states at different class names can share almost all of
+        their direction. The shapes world's differ by cosine < 0.01: ~0.3 of a norm of ~5.6 is
+        class-specific, so every query starts as nearly the same vector, and in a two-object image
+        both prompted classes get nearly the same mask. Centring on the training classes' mean and
+        scaling their deviations to unit RMS per dimension keeps only what tells classes apart. It
+        is fixed from the *training* (seen) classes alone and applied unchanged to unseen ones.
+        """
+        if not self.config.standardize_text:
+            raise ValueError("this module was built with standardize_text=False: it has no text statistics to set")
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.config.text_dim or embeddings.shape[0] < 2:
+            raise ValueError(f"text statistics need (N >= 2, {self.config.text_dim}) class embeddings, "
+                             f"got {tuple(embeddings.shape)}")
+        mean = embeddings.float().mean(0)
+        rms = (embeddings.float() - mean).pow(2).mean().sqrt()
+        if not rms > 0:
+            raise ValueError("the training classes' embeddings are all identical: nothing tells them apart")
+        self.text_shift.copy_(mean)
+        self.text_scale.copy_(1.0 / rms)
 
     # --- 1. visual encoder ---------------------------------------------------------------
 
@@ -333,7 +362,10 @@ class GroundingModule(nn.Module):
         # non-overlapping p x p patches, channel-major like the released code: (B, C*p*p, N)
         tokens = F.unfold(feats, kernel_size=p, stride=p).transpose(1, 2)  # (B, N, C*p*p)
         memory = self.to_k(tokens)  # (B, N, D), keys and values; no positional encoding
-        q = self.to_q(class_embeddings.to(memory.dtype))  # (B, K, D)
+        emb = class_embeddings.to(memory.dtype)
+        if c.standardize_text:
+            emb = (emb - self.text_shift.to(emb.dtype)) * self.text_scale.to(emb.dtype)
+        q = self.to_q(emb)  # (B, K, D)
         for layer in self.layers:
             q = layer(q, memory, pad)
         return self.mlp(q)  # (B, K, C)

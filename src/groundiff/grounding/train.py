@@ -102,6 +102,9 @@ class TrainConfig:
     # 1x1-conv widths of the visual encoder's buckets, lowest resolution first; () = the paper's
     # (16, 32, 64, 128), its last n for a UNet with n buckets (the shapes UNet: 3)
     bucket_widths: tuple[int, ...] = ()
+    # standardise the class embeddings on the training classes' mean and spread (not in the
+    # paper; GroundingModule.set_text_statistics says why). False: the raw hidden states
+    standardize_text: bool = False
     # run option: save a resumable state every this many steps (and at the end)
     checkpoint_every: int = 50
     # run option: report the mean loss (progress bar, `on_log`, CSV flush) every this many steps
@@ -126,7 +129,8 @@ class TrainConfig:
     def model_overrides(self) -> dict:
         """The GroundingConfig fields this config sets."""
         return {"d_model": self.d_model, "n_heads": self.n_heads, "ffn_dim": self.ffn_dim,
-                "n_layers": self.n_layers, "bucket_widths": self.bucket_widths}
+                "n_layers": self.n_layers, "bucket_widths": self.bucket_widths,
+                "standardize_text": self.standardize_text}
 
 
 # --- 1. data ------------------------------------------------------------------------------------
@@ -355,6 +359,11 @@ def train_grounding(pipe, synth_root: Path, labels_root: Path, seen_classes: Seq
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = GroundingModule(gcfg)
+    if gcfg.standardize_text:
+        if len(names) < 2:
+            raise ValueError(f"standardize_text needs at least two training classes to standardise against; the "
+                             f"training data holds only {names}. Set train_grounding.standardize_text: false")
+        model.set_text_statistics(table)  # the training classes only (seen ones, when seen_only)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=0.0)  # paper: no decay, no schedule
 
