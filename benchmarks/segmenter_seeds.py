@@ -3,6 +3,7 @@
     python benchmarks/segmenter_seeds.py                                  # C, D, real_all; seeds 0 1 2
     python benchmarks/segmenter_seeds.py --variants C real_all --seeds 0 1 2 3 --workers 2
     python benchmarks/segmenter_seeds.py --out reports/segmenter_seeds.md
+    python benchmarks/segmenter_seeds.py --seeds 0 1 2 3 4 --reuse-pipeline   # seed 0 from metrics/zs3.json
 
 Each (variant, seed) trains `train_segmenter@<variant>` exactly as the stage does, with only
 `train_segmenter.segmenter.seed` changed (init, batch order, augmentation, dropout), into a
@@ -11,12 +12,15 @@ with --out writes) hIoU, seen and unseen mIoU per seed, each variant's mean and 
 deviation, and each variant's mean hIoU as a share of real_all's (the issue's targets).
 Needs `dvc repro synth_dataset` (the synthetic data) and the world's real data. A run trains
 len(variants) x len(seeds) MaskFormers: about 3 min each on one thread at the defaults;
-`--workers` runs that many at once (one thread each).
+`--workers` runs that many at once (one thread each). `--reuse-pipeline` takes the params seed's
+rows from the pipeline's own `metrics/zs3.json` instead of retraining them: training is
+deterministic, so with `dvc status` clean those are the very models this script would train.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -56,6 +60,19 @@ def train_and_score(variant: str, seed: int | None = None, real_share: float | N
     return result
 
 
+def pipeline_rows(zs3: Path, variants: list[str], seeds: list[int], stage_seed: int) -> dict[tuple[str, int], dict]:
+    """The rows of `stage_seed` (the params seed the pipeline trained with) from eval_zs3's metrics."""
+    if stage_seed not in seeds:
+        return {}
+    if not zs3.is_file():
+        raise FileNotFoundError(f"{zs3}: no pipeline results to reuse; run `dvc repro eval_zs3` or drop --reuse-pipeline")
+    rows = json.loads(zs3.read_text())
+    missing = [v for v in variants if v not in rows]
+    if missing:
+        raise ValueError(f"{zs3} has no rows for {missing}: they are not pipeline variants; drop --reuse-pipeline")
+    return {(v, stage_seed): rows[v] for v in variants}
+
+
 def table(results: dict[tuple[str, int], dict], variants: list[str], seeds: list[int]) -> str:
     """Markdown: per-seed hIoU, mean ± sd of hIoU / seen / unseen, and the share of real_all's mean."""
     def stats(values: list[float]) -> tuple[float, float]:
@@ -81,12 +98,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=1, help="trainings at once (one CPU thread each)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
+    parser.add_argument("--reuse-pipeline", action="store_true",
+                        help="the params seed's rows from metrics/zs3.json instead of retraining (dvc status clean)")
     args = parser.parse_args()
 
-    jobs = [(v, s) for v in args.variants for s in args.seeds]
+    reused = {}
+    if args.reuse_pipeline:
+        from groundiff.stages.common import Params
+        from groundiff.stages.train_segmenter import TrainSegmenterParams
+
+        stage_seed = Params().section("train_segmenter", TrainSegmenterParams).segmenter.seed
+        reused = pipeline_rows(Path("metrics/zs3.json"), args.variants, args.seeds, stage_seed)
+        print(f"seed {stage_seed}: the pipeline's rows from metrics/zs3.json ({', '.join(args.variants)})", flush=True)
+    jobs = [(v, s) for v in args.variants for s in args.seeds if (v, s) not in reused]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         futures = {job: pool.submit(train_and_score, *job) for job in jobs}
-        results = {job: future.result() for job, future in futures.items()}
+        results = {**reused, **{job: future.result() for job, future in futures.items()}}
     text = table(results, args.variants, args.seeds)
     print(text)
     if args.out:

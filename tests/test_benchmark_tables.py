@@ -30,6 +30,19 @@ def test_segmenter_seeds_table_means_spreads_and_shares():
     assert lines[3] == "| real_all | 50.0 | 70.0 | 60.0 ± 14.1 | 55.0 ± 7.1 | 65.0 ± 21.2 | 100.0% |"
 
 
+def test_segmenter_seeds_reuses_only_the_pipeline_seed(tmp_path):
+    seeds = _load("segmenter_seeds")
+    zs3 = tmp_path / "zs3.json"
+    zs3.write_text('{"C": {"hiou": 48.0}, "real_all": {"hiou": 75.0}}')
+    assert seeds.pipeline_rows(zs3, ["C", "real_all"], [0, 1], stage_seed=0) == {
+        ("C", 0): {"hiou": 48.0}, ("real_all", 0): {"hiou": 75.0}}
+    assert seeds.pipeline_rows(zs3, ["C"], [1, 2], stage_seed=0) == {}  # seed 0 not asked for: retrain all
+    with pytest.raises(ValueError, match=r"no rows for \['X'\]"):
+        seeds.pipeline_rows(zs3, ["C", "X"], [0], stage_seed=0)
+    with pytest.raises(FileNotFoundError, match="dvc repro eval_zs3"):
+        seeds.pipeline_rows(tmp_path / "none.json", ["C"], [0], stage_seed=0)
+
+
 def test_real_share_holdout_splits_train_and_scores_on_full_labels(tmp_path):
     """The dev split is drawn from real *train* only, disjoint from what trains, with every class labelled."""
     real = tmp_path / "real"
