@@ -4,6 +4,7 @@ These run only where a CUDA GPU is present (`pytest -m gpu`); everywhere else th
 The same code paths run on CPU in test_capture_daam.py and test_paper_world_pipeline.py.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,3 +75,21 @@ def test_bf16_sampling_on_cuda_keeps_the_capture_step_in_fp32(tmp_path):
     # TF32 convolutions may differ between batch compositions: close, and far closer than bf16
     assert errors["exact"] <= 1e-2 and errors["exact"] < errors["all_bf16"] / 4, errors
     assert not pipe.unet._forward_hooks and not pipe.unet._forward_pre_hooks
+
+
+def test_segmenter_trains_on_cuda_and_loads_back_on_cpu(tmp_path):
+    from test_segmenter import CLASSES, make_voc, tiny_cfg
+
+    from groundiff.segmenter import DataSource, Segmenter, train_segmenter
+
+    voc = make_voc(tmp_path / "voc")
+    cfg = tiny_cfg(steps=30, checkpoint_every=100, log_every=10, scale_jitter=(1.0, 1.0))
+    logs = []
+    seg, _ = train_segmenter([DataSource(str(voc), "train")], CLASSES, cfg, tmp_path / "work", device="cuda",
+                             on_log=logs.append, progress=False)
+    assert next(seg.model.parameters()).is_cuda and logs[-1]["loss"] < logs[0]["loss"]
+    seg.save_pretrained(tmp_path / "model")
+    images = [np.full((32, 32, 3), 110, np.uint8), np.full((24, 40, 3), 110, np.uint8)]
+    on_gpu, on_cpu = seg.predict(images), Segmenter.from_pretrained(tmp_path / "model").predict(images)
+    assert [p.shape for p in on_gpu] == [(32, 32), (24, 40)]
+    assert all((p == q).mean() > 0.99 for p, q in zip(on_gpu, on_cpu))  # same weights, other kernels
