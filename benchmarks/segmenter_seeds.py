@@ -4,6 +4,7 @@
     python benchmarks/segmenter_seeds.py --variants C real_all --seeds 0 1 2 3 --workers 2
     python benchmarks/segmenter_seeds.py --out reports/segmenter_seeds.md
     python benchmarks/segmenter_seeds.py --seeds 0 1 2 3 4 --reuse-pipeline   # seed 0 from metrics/zs3.json
+    python benchmarks/segmenter_seeds.py --variants real_all --real-images 600  # as many real images as C has synthetic
 
 Each (variant, seed) trains `train_segmenter@<variant>` exactly as the stage does, with only
 `train_segmenter.segmenter.seed` changed (init, batch order, augmentation, dropout), into a
@@ -11,10 +12,12 @@ temporary folder, and is scored on the real val split as `eval_zs3` scores it. I
 with --out writes) hIoU, seen and unseen mIoU per seed, each variant's mean and standard
 deviation, and each variant's mean hIoU as a share of real_all's (the issue's targets).
 Needs `dvc repro synth_dataset` (the synthetic data) and the world's real data. A run trains
-len(variants) x len(seeds) MaskFormers: about 3 min each on one thread at the defaults;
+len(variants) x len(seeds) MaskFormers: about 6.5 min each on one thread at the defaults;
 `--workers` runs that many at once (one thread each). `--reuse-pipeline` takes the params seed's
 rows from the pipeline's own `metrics/zs3.json` instead of retraining them: training is
 deterministic, so with `dvc status` clean those are the very models this script would train.
+`--real-images N` trains on a seeded subset of N real train images instead of all of them (the
+variants' synthetic data unchanged): is a gap to real_all one of quantity or of kind?
 """
 
 from __future__ import annotations
@@ -27,14 +30,18 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from groundiff.data.voc import split_ids
+
 
 def train_and_score(variant: str, seed: int | None = None, real_share: float | None = None,
-                    real_root: str | None = None, score_on: tuple[str, str] | None = None) -> dict:
+                    real_root: str | None = None, score_on: tuple[str, str] | None = None,
+                    synth_root: str | None = None) -> dict:
     """Train `variant` as its stage does and score it as eval_zs3 does; returns the zs3 row.
 
     Overrides, each only when given: the segmenter seed, the variant's real_share, the folder its
-    real images come from (`real_root`), and the (root, split) it is scored on (`score_on`;
-    default eval_zs3's). benchmarks/real_share.py uses the last three.
+    real images come from (`real_root`), the (root, split) it is scored on (`score_on`; default
+    eval_zs3's), and the synthetic dataset's folder (`synth_root`). benchmarks/real_share.py uses
+    real_root and score_on; benchmarks/oracle_labels.py uses synth_root.
     """
     from groundiff.segmenter import train_segmenter
     from groundiff.stages.common import Params, real_data
@@ -48,16 +55,32 @@ def train_and_score(variant: str, seed: int | None = None, real_share: float | N
     split, real = params.class_split(), real_data(params)
     spec = cfg.variant(variant) if real_share is None else replace(cfg.variant(variant), real_share=real_share)
     segmenter_cfg = cfg.segmenter if seed is None else replace(cfg.segmenter, seed=seed)
-    sources = variant_sources(spec, split, real if real_root is None else replace(real, root=real_root), SYNTH)
+    sources = variant_sources(spec, split, real if real_root is None else replace(real, root=real_root),
+                              SYNTH if synth_root is None else Path(synth_root))
     with tempfile.TemporaryDirectory() as work:
         segmenter, _ = train_segmenter(sources, split.classes, segmenter_cfg, Path(work),
                                        device=params.world.device, progress=False)
     root, split_name = score_on or (real.root, scoring.split)
     result, _ = evaluate(segmenter, root, split_name, split, scoring.background, scoring.batch_size)
-    label = " ".join([variant] + [f"{k} {v}" for k, v in (("seed", seed), ("real_share", real_share)) if v is not None])
+    label = " ".join([variant] + [f"{k} {v}" for k, v in (("seed", seed), ("real_share", real_share),
+                                                          ("synthetic data", synth_root)) if v is not None])
     print(f"{label}: hIoU {result['hiou']:.1f} on {split_name} (seen {result['miou_seen']:.1f}, "
           f"unseen {result['miou_unseen']:.1f})", flush=True)
     return result
+
+
+def real_subset(n: int, out: Path, seed: int = 0) -> Path:
+    """A view of the world's real data whose train split is a seeded subset of `n` images."""
+    from real_share import holdout_roots  # beside this script
+
+    from groundiff.stages.common import Params, real_data
+
+    real = real_data(Params())
+    total = len(split_ids(Path(real.root), real.split))
+    if not 0 < n < total:
+        raise ValueError(f"--real-images must be in 1..{total - 1} (the {real.split} split has {total} images)")
+    kept, _ = holdout_roots(Path(real.root), real.split, real.seen_labels, real.full_labels, total - n, seed, out)
+    return kept
 
 
 def pipeline_rows(zs3: Path, variants: list[str], seeds: list[int], stage_seed: int) -> dict[tuple[str, int], dict]:
@@ -100,7 +123,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     parser.add_argument("--reuse-pipeline", action="store_true",
                         help="the params seed's rows from metrics/zs3.json instead of retraining (dvc status clean)")
+    parser.add_argument("--real-images", type=int, default=None,
+                        help="train on a seeded subset of this many real train images (default: all)")
     args = parser.parse_args()
+    if args.real_images is not None and args.reuse_pipeline:
+        parser.error("--reuse-pipeline reads models trained on every real image: drop it with --real-images")
 
     reused = {}
     if args.reuse_pipeline:
@@ -111,8 +138,9 @@ def main() -> None:
         reused = pipeline_rows(Path("metrics/zs3.json"), args.variants, args.seeds, stage_seed)
         print(f"seed {stage_seed}: the pipeline's rows from metrics/zs3.json ({', '.join(args.variants)})", flush=True)
     jobs = [(v, s) for v in args.variants for s in args.seeds if (v, s) not in reused]
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = {job: pool.submit(train_and_score, *job) for job in jobs}
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(max_workers=args.workers) as pool:
+        real_root = None if args.real_images is None else str(real_subset(args.real_images, Path(tmp)))
+        futures = {job: pool.submit(train_and_score, *job, real_root=real_root) for job in jobs}
         results = {**reused, **{job: future.result() for job, future in futures.items()}}
     text = table(results, args.variants, args.seeds)
     print(text)

@@ -69,3 +69,19 @@ def test_real_share_holdout_splits_train_and_scores_on_full_labels(tmp_path):
     assert split_ids(again[1], "dev") == dev_ids  # seeded
     with pytest.raises(ValueError, match="--holdout must be in 1..9"):
         share.holdout_roots(real, "train", "SegmentationClass", "SegmentationClassFull", 10, 0, tmp_path / "x")
+
+
+def test_oracle_labels_paint_each_prompted_class_once_most_confident_on_top():
+    oracle = _load("oracle_labels")
+    masks = np.zeros((4, 4, 6), bool)
+    masks[0, :, :3] = True  # star 0.9: left half
+    masks[1, :, 2:] = True  # ring 0.7: right half, overlapping the star in column 2
+    masks[2, :, 5] = True  # star 0.6: a second star, not the top one
+    masks[3, 0, :] = True  # heart 0.8: not prompted
+    label_of = {"star": 1, "ring": 2, "heart": 3}
+    out = oracle.oracle_label_map(["star", "heart", "ring", "star"], np.array([0.9, 0.8, 0.7, 0.6]),
+                                  masks[[0, 3, 1, 2]], ["star", "ring"], label_of, min_score=0.5)
+    assert out.tolist() == [[1, 1, 1, 2, 2, 2]] * 4  # star wins the overlap; the 2nd star and the heart are no labels
+    weak = oracle.oracle_label_map(["star", "ring"], np.array([0.9, 0.4]), masks[[0, 1]], ["star", "ring"],
+                                   label_of, min_score=0.5)
+    assert weak.tolist() == [[1, 1, 1, 0, 0, 0]] * 4  # ring below min_score: background
