@@ -277,11 +277,12 @@ class GroundingModule(nn.Module):
         """Fix the class-embedding standardisation from the training classes' embeddings (N, text_dim).
 
         Why: a small text encoder's hidden states at different class names can share almost all of
-        their direction. The shapes world's differ by cosine < 0.01: ~0.3 of a norm of ~5.6 is
-        class-specific, so every query starts as nearly the same vector, and in a two-object image
-        both prompted classes get nearly the same mask. Centring on the training classes' mean and
-        scaling their deviations to unit RMS per dimension keeps only what tells classes apart. It
-        is fixed from the *training* (seen) classes alone and applied unchanged to unseen ones.
+        their direction. The shapes world's have pairwise cosines of 0.99-1.00: ~0.3 of a norm of
+        ~5.6 is class-specific, so every query starts as nearly the same vector, and in a
+        two-object image both prompted classes get nearly the same mask. Centring on the training
+        classes' mean and dividing by one scalar, the RMS of their deviations over all dimensions,
+        keeps only what tells classes apart. It is fixed from the *training* (seen) classes alone
+        and applied unchanged to unseen ones.
         """
         if not self.config.standardize_text:
             raise ValueError("this module was built with standardize_text=False: it has no text statistics to set")
