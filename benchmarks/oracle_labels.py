@@ -30,20 +30,23 @@ from pathlib import Path
 
 import numpy as np
 
+from groundiff.oracle import Detections
 
-def oracle_label_map(classes: list[str], scores: np.ndarray, masks: np.ndarray, prompted: list[str],
-                     label_of: dict[str, int], min_score: float) -> np.ndarray:
-    """(H, W) uint8 label map from one image's detections (sorted by descending score, as `Detections`).
 
-    Per prompted class its top-scoring instance with score >= min_score; the instances are painted
-    from the lowest score up, so where two overlap the more confident one wins; 0 elsewhere.
+def oracle_label_map(det: Detections, prompted: list[str], label_of: dict[str, int], min_score: float) -> np.ndarray:
+    """(H, W) uint8 label map from one image's detections.
+
+    Per prompted class its top-scoring instance (`Detections.best_mask`) if its score >= min_score;
+    the instances are painted from the lowest score up, so where two overlap the more confident
+    one wins; 0 elsewhere.
     """
-    best: dict[str, tuple[float, np.ndarray]] = {}
-    for name, score, mask in zip(classes, scores, masks):
-        if name in prompted and score >= min_score and name not in best:
-            best[name] = (float(score), mask)
-    out = np.zeros(masks.shape[1:], np.uint8)
-    for name, (_, mask) in sorted(best.items(), key=lambda item: item[1][0]):
+    found = []
+    for name in dict.fromkeys(prompted):  # a class prompted twice is labelled once
+        mask, score = det.best_mask(name)
+        if mask is not None and score >= min_score:
+            found.append((score, name, mask))
+    out = np.zeros(det.masks.shape[1:], np.uint8)
+    for _, name, mask in sorted(found, key=lambda item: item[0]):
         out[np.asarray(mask, bool)] = label_of[name]
     return out
 
@@ -57,14 +60,14 @@ def relabel(dst: Path, min_score: float, batch: int = 50) -> float:
     from groundiff.stages.common import Params, load_oracle, world_pipeline
     from groundiff.stages.synth_dataset import GROUNDING, OUT
     from groundiff.synth_dataset import SynthDatasetConfig, _fingerprint, synth_prompts
-    from groundiff.synthesis import model_fingerprint
+    from groundiff.synthesis import _read_fingerprint, model_fingerprint
 
     params = Params()
     split, cfg = params.class_split(), params.section("synth_dataset", SynthDatasetConfig)
     table = synth_prompts(split.classes, cfg)
     marker = OUT / "synth_dataset.json"
     want = _fingerprint(table, cfg, [model_fingerprint(world_pipeline(params)), model_fingerprint(GROUNDING)])
-    if not marker.is_file() or want not in marker.read_text():
+    if _read_fingerprint(marker) != want:
         raise SystemExit(f"{OUT} was not made with the current params and models: run `dvc repro synth_dataset` first")
     shutil.copytree(OUT, dst)
     oracle = load_oracle(params, score_threshold=min_score)
@@ -75,7 +78,7 @@ def relabel(dst: Path, min_score: float, batch: int = 50) -> float:
         ids = [f"synth_{int(i):06d}" for i in rows["index"]]
         images = [np.array(Image.open(OUT / "JPEGImages" / f"{i}.jpg").convert("RGB")) for i in ids]
         for image_id, det, names in zip(ids, oracle.detect(images), rows["classes"]):
-            label = oracle_label_map(det.classes, det.scores, det.masks, names.split(CLASS_SEP), label_of, min_score)
+            label = oracle_label_map(det, names.split(CLASS_SEP), label_of, min_score)
             before = load_label_png(OUT / "SegmentationClass" / f"{image_id}.png")
             agree, total = agree + int((before == label).sum()), total + label.size
             save_label_png(dst / "SegmentationClass" / f"{image_id}.png", label)

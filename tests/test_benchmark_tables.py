@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from groundiff.data.voc import read_split, save_label_png, split_ids
+from groundiff.oracle import Detections
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,9 +80,9 @@ def test_oracle_labels_paint_each_prompted_class_once_most_confident_on_top():
     masks[2, :, 5] = True  # star 0.6: a second star, not the top one
     masks[3, 0, :] = True  # heart 0.8: not prompted
     label_of = {"star": 1, "ring": 2, "heart": 3}
-    out = oracle.oracle_label_map(["star", "heart", "ring", "star"], np.array([0.9, 0.8, 0.7, 0.6]),
-                                  masks[[0, 3, 1, 2]], ["star", "ring"], label_of, min_score=0.5)
+    det = Detections(["star", "heart", "ring", "star"], np.array([0.9, 0.8, 0.7, 0.6]), masks[[0, 3, 1, 2]])
+    out = oracle.oracle_label_map(det, ["star", "ring"], label_of, min_score=0.5)
     assert out.tolist() == [[1, 1, 1, 2, 2, 2]] * 4  # star wins the overlap; the 2nd star and the heart are no labels
-    weak = oracle.oracle_label_map(["star", "ring"], np.array([0.9, 0.4]), masks[[0, 1]], ["star", "ring"],
-                                   label_of, min_score=0.5)
+    weak = oracle.oracle_label_map(Detections(["star", "ring"], np.array([0.9, 0.4]), masks[[0, 1]]),
+                                   ["star", "ring"], label_of, min_score=0.5)
     assert weak.tolist() == [[1, 1, 1, 0, 0, 0]] * 4  # ring below min_score: background
