@@ -44,6 +44,16 @@ def test_segmenter_seeds_reuses_only_the_pipeline_seed(tmp_path):
         seeds.pipeline_rows(tmp_path / "none.json", ["C"], [0], stage_seed=0)
 
 
+def test_segmenter_seeds_overrides_are_typed_config_fields():
+    seeds = _load("segmenter_seeds")
+    assert seeds.parse_overrides(["color_aug=synthetic", "steps=200", "scale_jitter=[1.0, 1.0]"]) == {
+        "color_aug": "synthetic", "steps": 200, "scale_jitter": (1.0, 1.0)}
+    with pytest.raises(ValueError, match="not a train_segmenter.segmenter key"):
+        seeds.parse_overrides(["colour_aug=all"])
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        seeds.parse_overrides(["color_aug"])
+
+
 def test_real_share_holdout_splits_train_and_scores_on_full_labels(tmp_path):
     """The dev split is drawn from real *train* only, disjoint from what trains, with every class labelled."""
     real = tmp_path / "real"

@@ -16,7 +16,7 @@ from groundiff.segmenter import (
     DataSource, SegmentationSet, SegmenterConfig, Segmenter, build_model, label_to_targets, maskformer_loss,
     semantic_scores, train_segmenter,
 )
-from groundiff.segmenter.train import _masked_focal_dice, augment, auxiliary_predictions
+from groundiff.segmenter.train import _masked_focal_dice, augment, auxiliary_predictions, photometric_distort
 
 CLASSES = ("square", "bar")
 
@@ -111,6 +111,41 @@ def test_augment_keeps_labels_aligned():
         assert (lab == 1).any()
     img, lab = augment(image, label, cfg, None)  # eval: plain resize
     assert (lab == 1).sum() == 12 * 18 and IGNORE not in lab
+
+
+def test_photometric_distortion_changes_colours_not_labels():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    outs = [photometric_distort(image, np.random.default_rng(seed)) for seed in range(40)]
+    assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outs)
+    changed = [not np.array_equal(o, image) for o in outs]
+    assert 25 <= sum(changed) < 40  # some draws apply nothing (each distortion: probability 1/2)
+    assert np.array_equal(photometric_distort(image, np.random.default_rng(3)), outs[3])  # seeded
+    grey = np.repeat(rng.integers(0, 256, (16, 16, 1)), 3, axis=2).astype(np.uint8)
+    for seed in range(20):  # no saturation to scale, no hue to turn: grey stays grey
+        out = photometric_distort(grey, np.random.default_rng(seed)).astype(int)
+        assert np.abs(out - out[..., :1]).max() <= 1
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[8:20, 4:12] = (200, 40, 40)
+    label = np.zeros((32, 32), np.uint8)
+    label[8:20, 4:12] = 1
+    cfg = tiny_cfg(scale_jitter=(1.0, 1.0), hflip=False)
+    for seed in range(6):
+        img, lab = augment(image, label, cfg, np.random.default_rng(seed))
+        img_d, lab_d = augment(image, label, cfg, np.random.default_rng(seed), distort=True)
+        assert np.array_equal(img, image) and np.array_equal(lab_d, lab)  # not asked: untouched; labels never move
+    assert any(not np.array_equal(augment(image, label, cfg, np.random.default_rng(s), distort=True)[0], image)
+               for s in range(6))
+
+
+def test_color_aug_distorts_the_sources_it_names():
+    from groundiff.segmenter.train import _distorts
+
+    real, generated = DataSource("real", "train"), DataSource("synth", "one", synthetic=True)
+    assert [_distorts(tiny_cfg(color_aug=mode), s) for mode in ("none", "synthetic", "all") for s in (real, generated)] \
+        == [False, False, False, True, True, True]
+    with pytest.raises(ValueError, match="color_aug: 'yes' is not one of none, synthetic, all"):
+        tiny_cfg(color_aug="yes")
 
 
 def test_semantic_scores_drop_no_object():

@@ -86,6 +86,7 @@ def test_variant_sources_in_order(project):
     assert as_tuples["real_all"] == [("data/shapes/real", "train", "SegmentationClassFull", ())]
     assert [s.share for s in src["D"]] == [0.25, None, None]  # real a quarter of the samples, synthetic the rest
     assert [s.share for s in src["C"]] == [None, None] and [s.share for s in src["real_all"]] == [None]
+    assert [s.synthetic for s in src["E"]] == [False, True, True, True]  # what color_aug "synthetic" distorts
     with pytest.raises(ValueError, match="real_share"):
         VariantSpec(["one"], "none", real_share=0.5)  # nothing to share with
     with pytest.raises(ValueError, match="needs data"):

@@ -107,7 +107,7 @@ def variant_sources(spec: VariantSpec, split: ClassSplit, real: RealData, synth_
         sources.append(DataSource(str(real.root), real.split, real.seen_labels, unseen, share=spec.real_share))
     elif spec.real == "all":
         sources.append(DataSource(str(real.root), real.split, real.full_labels, share=spec.real_share))
-    sources += [DataSource(str(synth_root), name) for name in spec.synthetic]
+    sources += [DataSource(str(synth_root), name, synthetic=True) for name in spec.synthetic]
     return sources
 
 

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 BACKGROUND = "background"
+COLOR_AUG_MODES = ("none", "synthetic", "all")
 META_FILE = "segmenter.json"
 
 
@@ -70,6 +71,9 @@ class SegmenterConfig:
     input_size: int = 64  # images are resized to input_size x input_size (the shapes world's 32 -> 64: finer masks)
     hflip: bool = True  # random horizontal flip in training
     scale_jitter: tuple[float, float] = (0.75, 1.25)  # random rescale range, then crop / pad (ignore) to input_size
+    # photometric distortion in training (MaskFormer's semantic recipe, detectron2's COLOR_AUG_SSD:
+    # brightness, contrast, saturation, hue): none | synthetic (generated images only) | all
+    color_aug: str = "none"
     # --- training
     steps: int = 2000  # optimizer steps
     batch_size: int = 16  # images per step, drawn uniformly from the concatenated sources
@@ -105,6 +109,9 @@ class SegmenterConfig:
             raise ValueError(f"scale_jitter: expected 0 < min <= max, got {list(self.scale_jitter)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.color_aug not in COLOR_AUG_MODES:
+            raise ValueError(f"color_aug: {self.color_aug!r} is not one of {', '.join(COLOR_AUG_MODES)} "
+                             "(which training images are photometrically distorted)")
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0 (0 = torch's default), got {self.num_threads}")
 

@@ -57,6 +57,7 @@ class DataSource:
     labels: str = "SegmentationClass"  # label folder
     ignore_labels: tuple[int, ...] = ()  # labels turned into 255 on load (hides unseen classes)
     share: float | None = None  # fraction of all samples drawn from this source; None: by its size
+    synthetic: bool = False  # generated images (SegmenterConfig.color_aug "synthetic" distorts only these)
 
     def __post_init__(self) -> None:
         if self.share is not None and not 0.0 < self.share <= 1.0:
@@ -131,17 +132,20 @@ class SegmentationSet:
 # --------------------------------------------------------------------------- samples -> targets
 
 
-def augment(image: np.ndarray, label: np.ndarray, cfg: SegmenterConfig,
-            rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+def augment(image: np.ndarray, label: np.ndarray, cfg: SegmenterConfig, rng: np.random.Generator | None,
+            distort: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Resize to input_size x input_size; in training (rng given) with scale jitter and hflip.
 
     Scale jitter: resize to round(input_size * s), s ~ U(scale_jitter), then a random crop (s > 1)
-    or random placement on a canvas of the mean colour whose label is 255 (s < 1).
+    or random placement on a canvas of the mean colour whose label is 255 (s < 1). With `distort`
+    (in training), the image is photometrically distorted (`photometric_distort`) before that.
     """
     size = cfg.input_size
     scale = rng.uniform(*cfg.scale_jitter) if rng is not None else 1.0
     n = max(1, int(round(size * scale)))
     img = np.array(Image.fromarray(image).resize((n, n), Image.BILINEAR)) if image.shape[:2] != (n, n) else image
+    if rng is not None and distort:
+        img = photometric_distort(img, rng)  # before padding: the canvas stays the mean colour
     lab = np.array(Image.fromarray(label).resize((n, n), Image.NEAREST)) if label.shape != (n, n) else label
     if n != size:
         y, x = (int(v) for v in rng.integers(0, abs(n - size) + 1, size=2)) if rng is not None else (abs(n - size) // 2,) * 2
@@ -156,6 +160,49 @@ def augment(image: np.ndarray, label: np.ndarray, cfg: SegmenterConfig,
     if rng is not None and cfg.hflip and rng.random() < 0.5:
         img, lab = img[:, ::-1], lab[:, ::-1]
     return np.ascontiguousarray(img), np.ascontiguousarray(lab)
+
+
+#: Photometric distortion as SSD defined it and MaskFormer's semantic configs use it: brightness
+#: shift, contrast and saturation factors, and hue shift as a fraction of the colour circle.
+BRIGHTNESS_DELTA, CONTRAST_RANGE, SATURATION_RANGE, HUE_DELTA = 32.0, (0.5, 1.5), (0.5, 1.5), 0.1
+
+
+def photometric_distort(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> the same, with SSD's random photometric distortions.
+
+    A brightness shift, then either contrast, saturation, hue or saturation, hue, contrast (each
+    order with probability 1/2); every distortion applies with probability 1/2 and clips to
+    0..255. Hue and saturation act in HSV (PIL's 8-bit HSV: the hue wraps around).
+    """
+    def linear(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+        return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).round().astype(np.uint8)
+
+    def brightness(x: np.ndarray) -> np.ndarray:
+        return linear(x, beta=rng.uniform(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA)) if rng.random() < 0.5 else x
+
+    def contrast(x: np.ndarray) -> np.ndarray:
+        return linear(x, alpha=rng.uniform(*CONTRAST_RANGE)) if rng.random() < 0.5 else x
+
+    def saturation(x: np.ndarray) -> np.ndarray:
+        if rng.random() >= 0.5:
+            return x
+        hsv = np.array(Image.fromarray(x).convert("HSV"))
+        hsv[..., 1] = linear(hsv[..., 1], alpha=rng.uniform(*SATURATION_RANGE))
+        return np.array(Image.fromarray(hsv, "HSV").convert("RGB"))
+
+    def hue(x: np.ndarray) -> np.ndarray:
+        if rng.random() >= 0.5:
+            return x
+        hsv = np.array(Image.fromarray(x).convert("HSV"))
+        shift = int(round(256 * rng.uniform(-HUE_DELTA, HUE_DELTA)))
+        hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + shift) % 256).astype(np.uint8)
+        return np.array(Image.fromarray(hsv, "HSV").convert("RGB"))
+
+    out = brightness(np.asarray(image, np.uint8))
+    order = (contrast, saturation, hue) if rng.random() < 0.5 else (saturation, hue, contrast)
+    for distort in order:
+        out = distort(out)
+    return out
 
 
 def label_to_targets(label: np.ndarray, num_labels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -266,6 +313,11 @@ def _lr_factor(step: int, cfg: SegmenterConfig) -> float:
     return warm * (1 - step / cfg.steps) ** 0.9
 
 
+def _distorts(cfg: SegmenterConfig, source: DataSource) -> bool:
+    """Whether `cfg.color_aug` photometrically distorts this source's training images."""
+    return cfg.color_aug == "all" or (cfg.color_aug == "synthetic" and source.synthetic)
+
+
 def _batch(data: SegmentationSet, cfg: SegmenterConfig, step: int, num_labels: int, device):
     """Step `step`'s batch: sample indices and augmentation from rng(seed, step) only."""
     rng = np.random.default_rng([cfg.seed, step])
@@ -273,7 +325,7 @@ def _batch(data: SegmentationSet, cfg: SegmenterConfig, step: int, num_labels: i
         indices = rng.integers(len(data), size=cfg.batch_size)
     else:
         indices = rng.choice(len(data), size=cfg.batch_size, p=data.probabilities)
-    samples = [augment(*data.load(int(i)), cfg, rng) for i in indices]
+    samples = [augment(*data.load(int(i)), cfg, rng, distort=_distorts(cfg, data.items[int(i)][0])) for i in indices]
     images = np.stack([s[0] for s in samples]).astype(np.float32) / 255.0
     x = torch.from_numpy((images - MEAN) / STD).permute(0, 3, 1, 2).contiguous().to(device)  # (B, 3, S, S)
     targets = [label_to_targets(s[1], num_labels) for s in samples]
