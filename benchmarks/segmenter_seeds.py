@@ -184,8 +184,9 @@ def main() -> None:
         from groundiff.stages.train_segmenter import TrainSegmenterParams
 
         stage_seed = Params().section("train_segmenter", TrainSegmenterParams).segmenter.seed
-        reused = pipeline_rows(Path("metrics/zs3.json"), args.variants, args.seeds, stage_seed)
-        print(f"seed {stage_seed}: the pipeline's rows from metrics/zs3.json ({', '.join(args.variants)})", flush=True)
+        reused = pipeline_rows(Path("metrics/zs3.json"), args.variants, args.seeds, stage_seed)  # fails early
+        print(f"seed {stage_seed}: the pipeline's rows from metrics/zs3.json ({', '.join(args.variants)}), "
+              "read when the trainings end", flush=True)
     jobs = [(v, s) for v in args.variants for s in args.seeds if (v, s) not in reused]
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(max_workers=args.workers) as pool:
         real_root, score_on = None, None
@@ -196,7 +197,9 @@ def main() -> None:
             real_root, score_on = str(fit), (str(dev), "dev")
         futures = {job: pool.submit(train_and_score, *job, real_root=real_root, score_on=score_on,
                                     overrides=overrides) for job in jobs}
-        results = {**reused, **{job: future.result() for job, future in futures.items()}}
+        results = {job: future.result() for job, future in futures.items()}
+    if reused:  # read again now: a pipeline run that finished meanwhile is the one reported
+        results.update(pipeline_rows(Path("metrics/zs3.json"), args.variants, args.seeds, stage_seed))
     text = table(results, args.variants, args.seeds)
     if args.dev is not None or overrides:
         text = (f"Scored on {f'{args.dev} held-out real train images (dev split)' if args.dev else 'val'}"
