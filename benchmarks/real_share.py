@@ -63,15 +63,10 @@ def main() -> None:
     args = parser.parse_args()
 
     # segmenter_seeds sits beside this script, so it is on the path when run as one
-    from segmenter_seeds import train_and_score
+    from segmenter_seeds import dev_split, train_and_score
 
-    from groundiff.stages.common import Params, real_data
-
-    params = Params()
-    real = real_data(params)
     with tempfile.TemporaryDirectory() as tmp:
-        fit, dev = holdout_roots(Path(real.root), real.split, real.seen_labels, real.full_labels, args.holdout,
-                                 args.seed, Path(tmp))
+        fit, dev = dev_split(args.holdout, Path(tmp), args.seed)
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
             futures = {s: pool.submit(train_and_score, args.variant, real_share=s, real_root=str(fit),
                                       score_on=(str(dev), "dev")) for s in args.shares}
