@@ -37,7 +37,8 @@ def holdout_roots(real_root: Path, train_split: str, seen_labels: str, full_labe
 
     ids = split_ids(real_root, train_split)
     if not 0 < holdout < len(ids):
-        raise ValueError(f"--holdout must be in 1..{len(ids) - 1} (the {train_split} split has {len(ids)} images)")
+        raise ValueError(f"the held-out count must be in 1..{len(ids) - 1} (the {train_split} split has {len(ids)} images), "
+                         f"got {holdout}")
     dev = set(np.random.default_rng(seed).choice(len(ids), size=holdout, replace=False).tolist())
     fit_ids = [i for k, i in enumerate(ids) if k not in dev]
     dev_ids = [i for k, i in enumerate(ids) if k in dev]
@@ -66,7 +67,10 @@ def main() -> None:
     from segmenter_seeds import dev_split, train_and_score
 
     with tempfile.TemporaryDirectory() as tmp:
-        fit, dev = dev_split(args.holdout, Path(tmp), args.seed)
+        try:
+            fit, dev = dev_split(args.holdout, Path(tmp), args.seed)
+        except ValueError as err:
+            parser.error(f"--holdout: {err}")
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
             futures = {s: pool.submit(train_and_score, args.variant, real_share=s, real_root=str(fit),
                                       score_on=(str(dev), "dev")) for s in args.shares}

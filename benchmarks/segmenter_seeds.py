@@ -191,9 +191,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(max_workers=args.workers) as pool:
         real_root, score_on = None, None
         if args.real_images is not None:
-            real_root = str(real_subset(args.real_images, Path(tmp)))
+            try:
+                real_root = str(real_subset(args.real_images, Path(tmp)))
+            except ValueError as err:
+                parser.error(str(err))
         if args.dev is not None:
-            fit, dev = dev_split(args.dev, Path(tmp))
+            try:
+                fit, dev = dev_split(args.dev, Path(tmp))
+            except ValueError as err:
+                parser.error(f"--dev: {err}")
             real_root, score_on = str(fit), (str(dev), "dev")
         futures = {job: pool.submit(train_and_score, *job, real_root=real_root, score_on=score_on,
                                     overrides=overrides) for job in jobs}

@@ -78,7 +78,7 @@ def test_real_share_holdout_splits_train_and_scores_on_full_labels(tmp_path):
     again = share.holdout_roots(real, "train", "SegmentationClass", "SegmentationClassFull", 3, 0,
                                 tmp_path / "again")
     assert split_ids(again[1], "dev") == dev_ids  # seeded
-    with pytest.raises(ValueError, match="--holdout must be in 1..9"):
+    with pytest.raises(ValueError, match="held-out count must be in 1..9"):
         share.holdout_roots(real, "train", "SegmentationClass", "SegmentationClassFull", 10, 0, tmp_path / "x")
 
 
