@@ -96,3 +96,37 @@ def test_oracle_labels_paint_each_prompted_class_once_most_confident_on_top():
     weak = oracle.oracle_label_map(Detections(["star", "ring"], np.array([0.9, 0.4]), masks[[0, 1]]),
                                    ["star", "ring"], label_of, min_score=0.5)
     assert weak.tolist() == [[1, 1, 1, 0, 0, 0]] * 4  # ring below min_score: background
+
+
+def test_appearance_gap_alterations_touch_only_what_they_name(tmp_path):
+    gap = _load("appearance_gap")
+    image = np.full((4, 4, 3), 10, np.uint8)
+    label = np.zeros((4, 4), np.uint8)
+    label[1:3, 1:3] = 2
+    label[0, 0] = 255  # ignored pixels are neither background nor object
+    grey = gap.grey_background(image, label, np.array([128, 128, 128], np.uint8))
+    assert (grey[label == 0] == 128).all() and (grey[label == 2] == 10).all() and (grey[0, 0] == 10).all()
+    pale = gap.pastel(image, label, mix=0.5)
+    assert (pale[label == 2] == 132).all() and (pale[label != 2] == 10).all()  # 0.5 * 10 + 0.5 * 255 = 132.5
+    assert gap.blurred(image, label).shape == image.shape and (gap.blurred(image, label) == 10).all()
+
+    root = tmp_path / "synth"
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "SegmentationClass").mkdir()
+    for i, (bg, split) in enumerate(((100, "one"), (120, "two"), (140, "two"))):
+        Image.fromarray(np.full((4, 4, 3), bg, np.uint8)).save(root / "JPEGImages" / f"s{i}.jpg", quality=100)
+        save_label_png(root / "SegmentationClass" / f"s{i}.png", label)
+        with open(root / "ImageSets" / "Segmentation" / f"{split}.txt", "a") as f:
+            f.write(f"s{i}\n")
+    assert gap.median_background(root, ["one", "two"]).tolist() == [120, 120, 120]
+    assert gap.median_background(root, ["one"]).tolist() == [100, 100, 100]
+
+
+def test_appearance_gap_top_confusions_are_shares_of_the_true_class():
+    gap = _load("appearance_gap")
+    conf = np.array([[9, 0, 0],   # background row: not a true class here
+                     [1, 6, 3],   # circle: 10% to background, 30% to ring
+                     [0, 1, 3]])  # ring: 25% to circle
+    out = gap.top_confusions(conf, ["background", "circle", "ring"], k=2)
+    assert out == [("circle", "ring", 30.0), ("ring", "circle", 25.0)]
