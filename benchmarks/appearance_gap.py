@@ -15,8 +15,14 @@ look more like the generated ones, one trait at a time:
 
 If a variant scores much higher on the altered images, the colour gap is what costs it; if not,
 its errors lie in the shapes it learned. It also prints the variant's confusions on the images as
-they are: where each class's pixels go. Needs `dvc repro train_segmenter` for the variants and the
-world's real data; about 10 s per variant on one thread.
+they are: where each class's pixels go.
+
+Then the other way round: the real-data reference (`--reference`, default real_all, which never
+saw a generated image) segments the synthetic dataset's splits, scored against their labels (the
+grounding module's). Where it agrees, the generated shapes look like real ones of the prompted
+class; where it does not, the diffusion model drew something else, or the labels are wrong. Needs
+`dvc repro train_segmenter` for the variants and the reference, and the world's real data; about
+10 s per model on one thread.
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["C"], help="synthetic-only variants (A, B, C)")
     parser.add_argument("--images", type=int, default=600, help="real train images scored (the first N)")
+    parser.add_argument("--reference", default="real_all",
+                        help="a model trained on real data alone, run on the generated images")
     args = parser.parse_args()
 
     from groundiff.data.voc import IGNORE, read_split
@@ -91,6 +99,10 @@ def main() -> None:
                          "pick synthetic-only variants (A, B, C)")
         if not (MODELS / name).is_dir():
             parser.error(f"{MODELS / name}: not trained; run `dvc repro train_segmenter@{name}`")
+    if variants.variant(args.reference).synthetic:
+        parser.error(f"--reference {args.reference} trained on generated images; pick one trained on real data alone")
+    if not (MODELS / args.reference).is_dir():
+        parser.error(f"{MODELS / args.reference}: not trained; run `dvc repro train_reference@{args.reference}`")
     if args.images <= 0:
         parser.error(f"--images must be positive, got {args.images}")
 
@@ -123,10 +135,44 @@ def main() -> None:
             print(f"| {variant} | {what} | {scores['hiou']:.1f} | {scores['miou_seen']:.1f} | "
                   f"{scores['miou_unseen']:.1f} |", flush=True)
     for variant, conf in confusions.items():
-        print(f"\n{variant}, images as they are: where object pixels go")
-        print(f"  predicted background: {100 * conf[1:, 0].sum() / conf[1:].sum():.1f}% of object pixels")
-        for true, pred, share in top_confusions(conf, names):
-            print(f"  {true} -> {pred}: {share:.1f}%")
+        print_confusions(f"{variant}, real images as they are", conf, names)
+
+    reference = Segmenter.from_pretrained(MODELS / args.reference, device=params.world.device)
+    print(f"\n{args.reference} (real data only) on the generated images, against their labels\n")
+    print("| generated split | images | hIoU | seen | unseen | object pixels read as: their label | "
+          "background | the image's other labelled class | a class not labelled in the image |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    generated = {}
+    for name in ("one", "two"):
+        rows = [(image, label) for _, image, label in read_split(SYNTH, name)]
+        conf, reading = np.zeros((n, n), np.int64), np.zeros(4, np.int64)
+        for pred, (_, label) in zip(reference.predict([image for image, _ in rows], batch_size=64), rows):
+            conf += confusion_matrix(pred, np.where(label == 0, IGNORE, label), n)
+            reading += object_reading(pred, label)
+        scores = score_confusion(conf, split)
+        generated[name] = conf
+        shares = " | ".join(f"{100 * count / reading.sum():.1f}%" for count in reading)
+        print(f"| {name} | {len(rows)} | {scores['hiou']:.1f} | {scores['miou_seen']:.1f} | "
+              f"{scores['miou_unseen']:.1f} | {shares} |", flush=True)
+    for name, conf in generated.items():
+        print_confusions(f"{args.reference} on the generated {name}-object images", conf, names)
+
+
+def object_reading(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Pixel counts over one image's labelled objects (labels 1..K, not 255): [the labelled class,
+    background, another class labelled in the same image, a class not labelled in it]."""
+    objects = (label > 0) & (label != 255)
+    truth, read = label[objects], pred[objects]
+    other = (read != truth) & (read != 0)
+    in_image = np.isin(read, np.unique(truth))
+    return np.array([(read == truth).sum(), (read == 0).sum(), (other & in_image).sum(), (other & ~in_image).sum()])
+
+
+def print_confusions(title: str, conf: np.ndarray, names: list[str]) -> None:
+    print(f"\n{title}: where object pixels go")
+    print(f"  predicted background: {100 * conf[1:, 0].sum() / conf[1:].sum():.1f}% of object pixels")
+    for true, pred, share in top_confusions(conf, names):
+        print(f"  {true} -> {pred}: {share:.1f}%")
 
 
 if __name__ == "__main__":

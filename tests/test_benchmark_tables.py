@@ -130,3 +130,12 @@ def test_appearance_gap_top_confusions_are_shares_of_the_true_class():
                      [0, 1, 3]])  # ring: 25% to circle
     out = gap.top_confusions(conf, ["background", "circle", "ring"], k=2)
     assert out == [("circle", "ring", 30.0), ("ring", "circle", 25.0)]
+
+
+def test_appearance_gap_object_reading_splits_misses_by_where_they_go():
+    gap = _load("appearance_gap")
+    label = np.array([[1, 1, 2, 2],
+                      [0, 0, 255, 255]], np.uint8)
+    pred = np.array([[1, 2, 0, 3],     # circle: right, read as the image's other class; ring: background, class 3
+                     [5, 5, 5, 5]], np.uint8)  # background and ignored pixels are not counted
+    assert gap.object_reading(pred, label).tolist() == [1, 1, 1, 1]
