@@ -2,6 +2,7 @@
 
     python benchmarks/appearance_gap.py                      # C, on 600 real train images
     python benchmarks/appearance_gap.py --variants A B C --images 1000
+    python benchmarks/appearance_gap.py --figure reports/figures/generated_two_object_reading.png
 
 A variant trained on generated images only (A, B, C) has never seen a real training image, so the
 real *train* split is held-out data for it (val is not read). This scores the pipeline's trained
@@ -81,6 +82,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=600, help="real train images scored (the first N)")
     parser.add_argument("--reference", default="real_all",
                         help="a model trained on real data alone, run on the generated images")
+    parser.add_argument("--figure", type=Path, default=None, metavar="PNG",
+                        help="also draw the first --figure-images two-object samples: image | label | reference")
+    parser.add_argument("--figure-images", type=int, default=12)
     args = parser.parse_args()
 
     from groundiff.data.voc import IGNORE, read_split
@@ -151,11 +155,36 @@ def main() -> None:
             reading += object_reading(pred, label)
         scores = score_confusion(conf, split)
         generated[name] = conf
+        if name == "two" and args.figure:
+            shown = rows[:args.figure_images]
+            reading_figure([image for image, _ in shown], [label for _, label in shown],
+                           reference.predict([image for image, _ in shown], batch_size=64),
+                           list(split.classes), args.reference, args.figure)
         shares = " | ".join(f"{100 * count / reading.sum():.1f}%" for count in reading)
         print(f"| {name} | {len(rows)} | {scores['hiou']:.1f} | {scores['miou_seen']:.1f} | "
               f"{scores['miou_unseen']:.1f} | {shares} |", flush=True)
     for name, conf in generated.items():
         print_confusions(f"{args.reference} on the generated {name}-object images", conf, names)
+    if args.figure:
+        print(f"\nwrote {args.figure}")
+
+
+def reading_figure(images: list[np.ndarray], labels: list[np.ndarray], readings: list[np.ndarray],
+                   classes: list[str], reference: str, path: Path, columns: int = 4) -> None:
+    """Triples of generated image | its label | the reference's reading, in VOC colours, captioned
+    with the classes each map holds."""
+    from groundiff.figures import captioned_grid
+    from groundiff.zs3 import colourise
+
+    def held(label: np.ndarray) -> str:
+        return ", ".join(classes[v - 1] for v in np.unique(label).tolist() if 0 < v <= len(classes)) or "-"
+
+    tiles, captions = [], []
+    for image, label, reading in zip(images, labels, readings):
+        tiles += [image, colourise(label), colourise(reading)]
+        captions += ["generated", f"label: {held(label)}", f"{reference}: {held(reading)}"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    captioned_grid(tiles, captions, columns=3 * columns, scale=4, caption_lines=3, chars_per_line=20).save(path)
 
 
 def object_reading(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
