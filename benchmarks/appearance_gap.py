@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+AS_THEY_ARE = "as they are"
 PASTEL_MIX = 0.4  # share of white mixed into object pixels
 BLUR_SIGMA = 0.6  # pixels
 
@@ -83,7 +84,7 @@ def main() -> None:
     parser.add_argument("--reference", default="real_all",
                         help="a model trained on real data alone, run on the generated images")
     parser.add_argument("--figure", type=Path, default=None, metavar="PNG",
-                        help="also draw the first --figure-images two-object samples: image | label | reference")
+                        help="also draw the first --figure-images two-object samples: image | label | reference's reading")
     parser.add_argument("--figure-images", type=int, default=12)
     args = parser.parse_args()
 
@@ -92,7 +93,7 @@ def main() -> None:
     from groundiff.segmenter import Segmenter
     from groundiff.stages.common import Params, real_data
     from groundiff.stages.train_segmenter import MODELS, SYNTH, TrainSegmenterParams
-    from groundiff.zs3 import score_confusion
+    from groundiff.zs3 import prediction_figure, score_confusion
 
     params = Params()
     split, real = params.class_split(), real_data(params)
@@ -117,25 +118,29 @@ def main() -> None:
             break
     colour = median_background(SYNTH, ["one", "two"])
     alterations: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-        "as they are": lambda image, label: image,
+        AS_THEY_ARE: lambda image, label: image,
         f"grey background {tuple(int(c) for c in colour)}": lambda image, label: grey_background(image, label, colour),
         f"blurred (sigma {BLUR_SIGMA})": blurred,
         f"pastel ({PASTEL_MIX:.0%} white)": pastel,
     }
     n = len(split.classes) + 1
     names = ["background"] + list(split.classes)
+
+    def confusion(preds: list[np.ndarray], labels: list[np.ndarray]) -> np.ndarray:
+        """[true, predicted] pixel counts with background ignored, as eval_zs3 scores."""
+        return sum(confusion_matrix(pred, np.where(label == 0, IGNORE, label), n) for pred, label in zip(preds, labels))
+
     print(f"{len(data)} real train images, every class labelled, background ignored (val not read)\n")
     print("| variant | real images | hIoU | seen | unseen |\n|---|---|---|---|---|")
+    labels = [label for _, label in data]
     confusions = {}
     for variant in args.variants:
         segmenter = Segmenter.from_pretrained(MODELS / variant, device=params.world.device)
         for what, alter in alterations.items():
-            conf = np.zeros((n, n), np.int64)
-            images = [alter(image, label) for image, label in data]
-            for pred, (_, label) in zip(segmenter.predict(images, batch_size=64), data):
-                conf += confusion_matrix(pred, np.where(label == 0, IGNORE, label), n)
+            conf = confusion(segmenter.predict([alter(image, label) for image, label in data], batch_size=64), labels)
+            if what == AS_THEY_ARE:
+                confusions[variant] = conf
             scores = score_confusion(conf, split)
-            confusions.setdefault(variant, conf)
             print(f"| {variant} | {what} | {scores['hiou']:.1f} | {scores['miou_seen']:.1f} | "
                   f"{scores['miou_unseen']:.1f} |", flush=True)
     for variant, conf in confusions.items():
@@ -148,43 +153,22 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     generated = {}
     for name in ("one", "two"):
-        rows = [(image, label) for _, image, label in read_split(SYNTH, name)]
-        conf, reading = np.zeros((n, n), np.int64), np.zeros(4, np.int64)
-        for pred, (_, label) in zip(reference.predict([image for image, _ in rows], batch_size=64), rows):
-            conf += confusion_matrix(pred, np.where(label == 0, IGNORE, label), n)
-            reading += object_reading(pred, label)
+        images, labels = zip(*[(image, label) for _, image, label in read_split(SYNTH, name)])
+        preds = reference.predict(list(images), batch_size=64)
+        conf = generated[name] = confusion(preds, labels)
+        reading = sum(object_reading(pred, label) for pred, label in zip(preds, labels))
         scores = score_confusion(conf, split)
-        generated[name] = conf
         if name == "two" and args.figure:
-            shown = rows[:args.figure_images]
-            reading_figure([image for image, _ in shown], [label for _, label in shown],
-                           reference.predict([image for image, _ in shown], batch_size=64),
-                           list(split.classes), args.reference, args.figure)
+            k = args.figure_images
+            prediction_figure(images[:k], labels[:k], {args.reference: preds[:k]}, split, args.figure,
+                              truth_caption="label (grounding)")
         shares = " | ".join(f"{100 * count / reading.sum():.1f}%" for count in reading)
-        print(f"| {name} | {len(rows)} | {scores['hiou']:.1f} | {scores['miou_seen']:.1f} | "
+        print(f"| {name} | {len(images)} | {scores['hiou']:.1f} | {scores['miou_seen']:.1f} | "
               f"{scores['miou_unseen']:.1f} | {shares} |", flush=True)
     for name, conf in generated.items():
         print_confusions(f"{args.reference} on the generated {name}-object images", conf, names)
     if args.figure:
         print(f"\nwrote {args.figure}")
-
-
-def reading_figure(images: list[np.ndarray], labels: list[np.ndarray], readings: list[np.ndarray],
-                   classes: list[str], reference: str, path: Path, columns: int = 4) -> None:
-    """Triples of generated image | its label | the reference's reading, in VOC colours, captioned
-    with the classes each map holds."""
-    from groundiff.figures import captioned_grid
-    from groundiff.zs3 import colourise
-
-    def held(label: np.ndarray) -> str:
-        return ", ".join(classes[v - 1] for v in np.unique(label).tolist() if 0 < v <= len(classes)) or "-"
-
-    tiles, captions = [], []
-    for image, label, reading in zip(images, labels, readings):
-        tiles += [image, colourise(label), colourise(reading)]
-        captions += ["generated", f"label: {held(label)}", f"{reference}: {held(reading)}"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    captioned_grid(tiles, captions, columns=3 * columns, scale=4, caption_lines=3, chars_per_line=20).save(path)
 
 
 def object_reading(pred: np.ndarray, label: np.ndarray) -> np.ndarray:

@@ -140,15 +140,3 @@ def test_appearance_gap_object_reading_splits_misses_by_where_they_go():
                      [5, 5, 5, 5]], np.uint8)  # background and ignored pixels are not counted
     assert gap.object_reading(pred, label).tolist() == [1, 1, 1, 1]
 
-
-def test_appearance_gap_reading_figure_draws_image_label_and_reading(tmp_path):
-    gap = _load("appearance_gap")
-    image = np.zeros((8, 8, 3), np.uint8)
-    label = np.zeros((8, 8), np.uint8)
-    label[:4] = 1
-    reading = np.full((8, 8), 2, np.uint8)
-    out = tmp_path / "figures" / "reading.png"
-    gap.reading_figure([image] * 3, [label] * 3, [reading] * 3, ["circle", "ring"], "real_all", out, columns=2)
-    with Image.open(out) as figure:
-        assert figure.width == 6 * 8 * 4  # 2 samples per row, 3 tiles each, scale 4
-        assert figure.height > 2 * 8 * 4  # 2 rows of tiles, plus captions

@@ -16,7 +16,8 @@ from groundiff.stages.common import Params
 from groundiff.stages.common import real_data
 from groundiff.stages.train_segmenter import SYNTH, TrainSegmenterParams
 from groundiff.worlds.base import make_split
-from groundiff.zs3 import PAPER_VARIANTS, VariantSpec, markdown_table, pick_figure_images, score_confusion, variant_sources
+from groundiff.zs3 import (PAPER_VARIANTS, VariantSpec, markdown_table, pick_figure_images, prediction_figure,
+                           score_confusion, variant_sources)
 
 from conftest import write_params
 
@@ -123,6 +124,26 @@ def test_pick_figure_images_prefers_unseen():
     assert pick_figure_images(truths, split, 3) == [0, 1, 3]
     assert pick_figure_images(truths, split, 1) == [1]
     assert pick_figure_images(truths, split, 10) == [0, 1, 3, 4]
+
+
+def test_prediction_figure_draws_rows_and_names_the_label_column(tmp_path):
+    """One row per image (image | labels | each prediction) over the legend; the labels' caption is a parameter."""
+    from PIL import Image
+
+    split = make_split("shapes", ["circle", "ring"], ["ring"])
+    images = [np.zeros((8, 8, 3), np.uint8)] * 3
+    labels = [np.pad(np.ones((4, 8), np.uint8), ((0, 4), (0, 0)))] * 3
+    readings = {"real_all": [np.full((8, 8), 2, np.uint8)] * 3}
+    truth = prediction_figure(images, labels, readings, split, tmp_path / "truth.png")
+    named = prediction_figure(images, labels, readings, split, tmp_path / "figures" / "label.png",
+                              truth_caption="label (grounding)")
+    with Image.open(truth) as a, Image.open(named) as b:
+        assert a.size == b.size and a.width == 3 * 8 * 4  # 3 columns of 8 px tiles at scale 4
+        assert a.height > (3 + 1) * 8 * 4  # 3 image rows and a legend row, plus captions
+        assert np.array(a).tolist() != np.array(b).tolist()  # only the caption differs
+    assert prediction_figure(images, labels, readings, split, tmp_path / "default.png", truth_caption="truth")
+    with Image.open(truth) as a, Image.open(tmp_path / "default.png") as c:
+        assert np.array(a).tolist() == np.array(c).tolist()  # "truth" is the default
 
 
 def test_unknown_variant_and_missing_data_are_clear(project):

@@ -216,15 +216,16 @@ def pick_figure_images(truths: Sequence[np.ndarray], split: ClassSplit, n: int) 
 
 
 def prediction_figure(images: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-                      predictions: dict[str, Sequence[np.ndarray]], split: ClassSplit, path: Path, scale: int = 4) -> Path:
+                      predictions: dict[str, Sequence[np.ndarray]], split: ClassSplit, path: Path, scale: int = 4,
+                      truth_caption: str = "truth") -> Path:
     """Rows of image | ground truth | each variant's prediction, in VOC colours, then a colour legend;
-    unseen classes starred."""
+    unseen classes starred. `truth_caption` names the second column (labels that are not ground truth)."""
     tiles, captions = [], []
     for i, (image, truth) in enumerate(zip(images, truths)):
         present = [split.classes[v - 1] + ("*" if split.classes[v - 1] in split.unseen else "")
                    for v in np.unique(truth).tolist() if 0 < v <= len(split.classes)]
         tiles += [image, colourise(truth)]
-        captions += [", ".join(present) or "(background)", "truth"]
+        captions += [", ".join(present) or "(background)", truth_caption]
         for name, preds in predictions.items():
             tiles.append(colourise(preds[i]))
             captions.append(name)
