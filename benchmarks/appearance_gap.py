@@ -89,11 +89,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from groundiff.data.voc import IGNORE, read_split
-    from groundiff.metrics import confusion_matrix
+    from groundiff.eval.metrics import confusion_matrix
     from groundiff.segmenter import Segmenter
     from groundiff.stages.common import Params, real_data
     from groundiff.stages.train_segmenter import MODELS, SYNTH, TrainSegmenterParams
-    from groundiff.zs3 import prediction_figure, score_confusion
+    from groundiff.eval.zs3 import prediction_figure, score_confusion
 
     params = Params()
     split, real = params.class_split(), real_data(params)

@@ -6,7 +6,7 @@
 
 For each worker count it starts a LocalCluster (one thread per worker), loads the pipeline on
 every worker (not timed: a worker loads it once and keeps it), then times
-`groundiff.distributed.synthesize_distributed` writing the same prompt table into a fresh
+`groundiff.method.distributed.synthesize_distributed` writing the same prompt table into a fresh
 folder. It prints images/s per worker count and each count's speed-up over the first, and
 checks that every run wrote the same bytes. Run it on an otherwise idle machine: with other
 work on the cores, the ratio measures the contention, not the scaling. Without the shapes
@@ -60,8 +60,8 @@ def main() -> None:
 
     from groundiff.data.prompts import PromptConfig, sample_prompts
     from groundiff.diffusion.pipeline import SamplingConfig
-    from groundiff.distributed import DistributedConfig, dask_client, load_on_workers, synthesize_distributed
-    from groundiff.synthesis import SynthesisConfig
+    from groundiff.method.distributed import DistributedConfig, dask_client, load_on_workers, synthesize_distributed
+    from groundiff.method.synthesis import SynthesisConfig
     from groundiff.worlds.shapes import CLASSES
 
     work = Path(tempfile.mkdtemp(prefix="groundiff-bench-"))

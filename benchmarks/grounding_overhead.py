@@ -29,7 +29,7 @@ import torch
 from groundiff.diffusion.capture import FeatureCapture, capture_call_for
 from groundiff.diffusion.pipeline import SamplingConfig, generate, load_pipeline
 from groundiff.diffusion.text import class_embeddings
-from groundiff.grounding.model import GroundingConfig, GroundingModule
+from groundiff.method.grounding.model import GroundingConfig, GroundingModule
 
 PIPELINE = Path("worlds/shapes/diffusion")
 GROUNDING = Path("models/grounding")

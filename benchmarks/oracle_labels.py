@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from groundiff.oracle import Detections
+from groundiff.worlds.oracle import Detections
 
 
 def oracle_label_map(det: Detections, prompted: list[str], label_of: dict[str, int], min_score: float) -> np.ndarray:
@@ -59,8 +59,8 @@ def relabel(dst: Path, min_score: float, batch: int = 50) -> float:
     from groundiff.data.voc import load_label_png, save_label_png
     from groundiff.stages.common import Params, load_oracle, world_pipeline
     from groundiff.stages.synth_dataset import GROUNDING, OUT
-    from groundiff.synth_dataset import SynthDatasetConfig, _fingerprint, synth_prompts
-    from groundiff.synthesis import _read_fingerprint, model_fingerprint
+    from groundiff.method.synth_dataset import SynthDatasetConfig, _fingerprint, synth_prompts
+    from groundiff.method.synthesis import _read_fingerprint, model_fingerprint
 
     params = Params()
     split, cfg = params.class_split(), params.section("synth_dataset", SynthDatasetConfig)

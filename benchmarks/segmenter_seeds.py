@@ -53,7 +53,7 @@ def train_and_score(variant: str, seed: int | None = None, real_share: float | N
     from groundiff.stages.common import Params, real_data
     from groundiff.stages.eval_zs3 import EvalZS3Params
     from groundiff.stages.train_segmenter import SYNTH, TrainSegmenterParams
-    from groundiff.zs3 import evaluate, variant_sources
+    from groundiff.eval.zs3 import evaluate, variant_sources
 
     params = Params()
     cfg = params.section("train_segmenter", TrainSegmenterParams)

@@ -52,7 +52,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from flows.lanes import LanePlanner, lane_widths, stage_graph  # noqa: E402
-from groundiff import tracking  # noqa: E402
+from groundiff.core import tracking  # noqa: E402
 
 OUTPUT_LINES_KEPT = 200  # dvc output returned by run_stage; the last 40 go into error messages
 ERROR_TAIL_LINES = 40

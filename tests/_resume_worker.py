@@ -19,8 +19,8 @@ import torch
 
 from groundiff.data.prompts import PromptConfig, sample_prompts
 from groundiff.diffusion.pipeline import SamplingConfig, load_pipeline
-from groundiff.synth_dataset import SynthDatasetConfig
-from groundiff.synthesis import SynthesisConfig
+from groundiff.method.synth_dataset import SynthDatasetConfig
+from groundiff.method.synthesis import SynthesisConfig
 from groundiff.worlds.base import make_split
 from groundiff.worlds.shapes import CLASSES
 
@@ -39,8 +39,8 @@ def table():
 
 def build(models: Path) -> Path:
     """Write the tiny pipeline (`pipe/`), grounding module (`grounding/`) and detector (`detector/`)."""
-    from groundiff.grounding import GroundingConfig, GroundingModule
-    from groundiff.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
+    from groundiff.method.grounding import GroundingConfig, GroundingModule
+    from groundiff.worlds.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
     from groundiff.testing import tiny_shapes_pipeline
 
     pipe = tiny_shapes_pipeline(models / "pipe")
@@ -59,18 +59,18 @@ def run(kind: str, models: Path, out: Path, synth: Path | None = None) -> dict:
     """Run stage-like work `kind` on the tiny world into `out` (resuming what is there)."""
     torch.set_num_threads(1)  # the same arithmetic in every process: bit-identical outputs
     if kind == "synthesize":
-        from groundiff.synthesis import synthesize
+        from groundiff.method.synthesis import synthesize
 
         return synthesize(load_pipeline(models / "pipe"), table(), SYNTH_CFG, out, model_id="tiny")
     if kind == "synth_dataset":
-        from groundiff.grounding import GroundingModule
-        from groundiff.synth_dataset import synth_dataset
+        from groundiff.method.grounding import GroundingModule
+        from groundiff.method.synth_dataset import synth_dataset
 
         module = GroundingModule.from_pretrained(models / "grounding")
         return synth_dataset(load_pipeline(models / "pipe"), module, SPLIT, DATASET_CFG, out, ["tiny", "tiny"])
     if kind == "pseudo_label":
-        from groundiff.oracle import TorchvisionOracle
-        from groundiff.pseudo_label import PseudoLabelConfig, pseudo_label
+        from groundiff.worlds.oracle import TorchvisionOracle
+        from groundiff.method.pseudo_label import PseudoLabelConfig, pseudo_label
 
         oracle = TorchvisionOracle.from_pretrained(models / "detector", score_threshold=0.0)
         return pseudo_label(oracle, synth, out, PseudoLabelConfig(score_threshold=0.0, batch_size=2), "tiny")

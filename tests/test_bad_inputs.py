@@ -15,15 +15,15 @@ import torch
 from PIL import Image
 
 from conftest import tiny_params, write_params
-from groundiff.checkpoint import CheckpointError, load_training_state, read_meta, save_training_state
-from groundiff.config import ParamsError
+from groundiff.core.checkpoint import CheckpointError, load_training_state, read_meta, save_training_state
+from groundiff.core.params import ParamsError
 from groundiff.data.prompts import read_prompts
 from groundiff.data.shards import ShardError, read_shard, write_shard
 from groundiff.data.voc import load_label_png, split_ids
-from groundiff.oracle import Detections
-from groundiff.pseudo_label import PseudoLabelConfig, pseudo_label
+from groundiff.worlds.oracle import Detections
+from groundiff.method.pseudo_label import PseudoLabelConfig, pseudo_label
 from groundiff.stages.common import run_stage
-from groundiff.synthesis import SynthesisConfig, synthesize
+from groundiff.method.synthesis import SynthesisConfig, synthesize
 from groundiff.worlds.shapes import CLASSES
 
 
@@ -167,7 +167,7 @@ def test_latents_and_meta_that_disagree(tmp_path):
 
 def test_corrupt_png_stops_pseudo_labelling_with_one_line_and_keeps_finished_labels(project, capsys):
     """The stage prints one `error:` line (exit 2); labels of the shards before it stay."""
-    from groundiff.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
+    from groundiff.worlds.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
     from groundiff.stages import pseudo_label as stage
 
     _write_shards(project / "data/synth/train", n=2)
@@ -210,8 +210,8 @@ def test_truncated_training_state_is_one_clear_error_and_kept(tmp_path):
 
 
 def test_grounding_module_for_another_unet_fails_before_any_output(tmp_path):
-    from groundiff.grounding import GroundingConfig, GroundingModule
-    from groundiff.synth_dataset import SynthDatasetConfig, synth_dataset
+    from groundiff.method.grounding import GroundingConfig, GroundingModule
+    from groundiff.method.synth_dataset import SynthDatasetConfig, synth_dataset
     from groundiff.worlds.base import make_split
     from groundiff.testing import tiny_shapes_pipeline
 
@@ -228,7 +228,7 @@ def test_grounding_module_for_another_unet_fails_before_any_output(tmp_path):
 
 
 def test_a_model_retrained_in_place_does_not_resume_its_predecessors_shards(tmp_path):
-    from groundiff.synthesis import model_fingerprint, plan_synthesis
+    from groundiff.method.synthesis import model_fingerprint, plan_synthesis
 
     model = tmp_path / "model"
     model.mkdir()

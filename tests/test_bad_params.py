@@ -6,9 +6,10 @@ import sys
 import pytest
 
 from conftest import tiny_params, write_params
-from groundiff.config import ParamsError
+from groundiff.core.params import ParamsError
 from groundiff.stages import prompts
-from groundiff.stages.common import Params
+from groundiff.core.params import Params
+from groundiff.worlds.active import World
 from groundiff.worlds.base import WorldError, make_split
 
 
@@ -45,17 +46,25 @@ def test_bad_params_fail_clearly_and_touch_nothing(project, tmp_path, mutate, me
     assert out.read_bytes() == before
 
 
-def test_world_num_threads_pins_torch_and_zero_leaves_it():
+def test_world_num_threads_pins_torch_and_zero_leaves_it(tmp_path):
     import torch
 
-    from groundiff.stages.common import WorldParams, pin_threads
+    from groundiff.stages.common import pin_threads
+
+    def params(threads: int) -> Params:
+        params = tiny_params()
+        params["world"]["num_threads"] = threads
+        path = tmp_path / f"params{threads}" / "params.yaml"
+        path.parent.mkdir()
+        write_params(path.parent, params)
+        return Params(path)
 
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        pin_threads(WorldParams(num_threads=0))
+        pin_threads(params(0))
         assert torch.get_num_threads() == 2
-        pin_threads(WorldParams(num_threads=1))
+        pin_threads(params(1))
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from groundiff.data.voc import read_split, save_label_png, split_ids
-from groundiff.oracle import Detections
+from groundiff.worlds.oracle import Detections
 
 ROOT = Path(__file__).resolve().parents[1]
 

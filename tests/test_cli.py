@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from groundiff.cli import main
-from groundiff.grounding import GroundingConfig, GroundingModule
+from groundiff.method.grounding import GroundingConfig, GroundingModule
 from groundiff.testing import tiny_shapes_pipeline
 
 

@@ -11,7 +11,7 @@ import torch
 from groundiff.diffusion.capture import FeatureCapture, capture_call_for, replay_features
 from groundiff.diffusion.pipeline import SamplingConfig, generate, load_pipeline
 from groundiff.diffusion.text import class_embeddings
-from groundiff.grounding.model import GroundingConfig, GroundingModule
+from groundiff.method.grounding.model import GroundingConfig, GroundingModule
 from groundiff.testing import tiny_sd_pipeline
 
 pytestmark = [pytest.mark.gpu,

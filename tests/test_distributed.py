@@ -12,14 +12,14 @@ import yaml
 
 import _resume_worker as world
 from conftest import tiny_params, write_params
-from groundiff.config import ParamsError, from_params
+from groundiff.core.params import ParamsError, from_params
 from groundiff.data.shards import complete_shards
 from groundiff.diffusion.pipeline import load_pipeline
-from groundiff.distributed import (ClusterError, DistributedConfig, dask_client, synth_dataset_distributed,
+from groundiff.method.distributed import (ClusterError, DistributedConfig, dask_client, synth_dataset_distributed,
                                    synthesize_distributed)
-from groundiff.grounding import GroundingModule
-from groundiff.synth_dataset import synth_dataset
-from groundiff.synthesis import synthesize
+from groundiff.method.grounding import GroundingModule
+from groundiff.method.synth_dataset import synth_dataset
+from groundiff.method.synthesis import synthesize
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -114,7 +114,7 @@ def test_distributed_runs_equal_serial_runs_byte_for_byte(models, tmp_path, proj
 
 
 def test_a_worker_reloads_a_model_retrained_in_place(tmp_path):
-    from groundiff import distributed
+    from groundiff.method import distributed
 
     folder = tmp_path / "model"
     folder.mkdir()

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from groundiff.grounding import GroundingConfig, GroundingModule, MixConv
+from groundiff.method.grounding import GroundingConfig, GroundingModule, MixConv
 
 SD_UNET = {"block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "sample_size": 64}
 # the shapes world's UNet: 3 levels -> buckets at strides 4/2/1, latent 32

@@ -1,4 +1,4 @@
-from groundiff import losslog
+from groundiff.core import losslog
 
 
 def test_resumed_log_equals_uninterrupted(tmp_path):

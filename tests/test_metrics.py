@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from groundiff.metrics import (class_iou, confusion_matrix, harmonic_iou, iou, mean_class_iou, mean_iou,
+from groundiff.eval.metrics import (class_iou, confusion_matrix, harmonic_iou, iou, mean_class_iou, mean_iou,
                                pairwise_iou, zero_shot_scores)
 
 # --- Protocol I: binary masks ----------------------------------------------------------------

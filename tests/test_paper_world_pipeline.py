@@ -19,15 +19,16 @@ import yaml
 from PIL import Image
 
 from groundiff.cli import main as cli_main
-from groundiff.data.paper_data import build_coco, build_voc
+from groundiff.worlds.paper_data import build_coco, build_voc
 from groundiff.data.voc import IGNORE, load_label_png, read_split, save_label_png
 from groundiff.stages import (eval_grounding, eval_zs3, prompts, pseudo_label, report, synth_dataset, synthesize,
                               train_grounding, train_segmenter, world_data, world_detector, world_diffusion,
                               world_fidelity, world_setup)
-from groundiff.stages.common import Params
+from groundiff.core.params import Params
+from groundiff.worlds.active import World
 from groundiff.worlds.paper import COCO_CLASSES, VOC_CLASSES
 from groundiff.worlds.preflight import WorldSetupError
-from groundiff.worlds.presets import apply_preset
+from groundiff.app.presets import apply_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(48, 64), (64, 40), (56, 56), (40, 72)]  # real photos differ in size
@@ -179,7 +180,7 @@ def test_every_stage_runs_on_the_paper_world(project, world):
     assert "diffusion" in str(err.value) and "data_root" in str(err.value)
 
     setup_world(project, world)
-    split = Params().class_split()
+    split = World(Params()).split
     assert split.world == world and len(split.seen) == (15 if world == "voc" else 65)
 
     world_setup.main()

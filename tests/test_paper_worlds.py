@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from groundiff.oracle import Detectron2Oracle, MMDetOracle, TorchvisionCOCOOracle, _map_detections
+from groundiff.worlds.oracle import Detectron2Oracle, MMDetOracle, TorchvisionCOCOOracle, _map_detections
 from groundiff.worlds.base import make_split
 from groundiff.worlds.paper import COCO_CLASSES, COCO_UNSEEN, VOC_CLASSES, ZS3_VOC_UNSEEN, coco_name_in, vocabulary
 

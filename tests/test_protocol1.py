@@ -16,10 +16,10 @@ from conftest import tiny_params, write_params
 from groundiff.data.prompts import PromptConfig, class_list, sample_prompts
 from groundiff.diffusion.daam import DAAMTrace
 from groundiff.diffusion.pipeline import SamplingConfig, generate, load_pipeline
-from groundiff.generate import generate_grounded
-from groundiff.grounding import GroundingConfig, GroundingModule
-from groundiff.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
-from groundiff.protocol1 import (CATEGORIES, PAIR_COLUMNS, THRESHOLD_GRID, EvalConfig, Protocol1Result, evaluate,
+from groundiff.method.generate import generate_grounded
+from groundiff.method.grounding import GroundingConfig, GroundingModule
+from groundiff.worlds.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
+from groundiff.eval.protocol1 import (CATEGORIES, PAIR_COLUMNS, THRESHOLD_GRID, EvalConfig, Protocol1Result, evaluate,
                                  flat_metrics, markdown_report, overlay_figure, protocol1_prompts, threshold_curve)
 from groundiff.worlds.base import make_split
 from groundiff.worlds.shapes import CLASSES
@@ -253,7 +253,7 @@ def test_stage_writes_metrics_report_and_figure(project, capsys):
 
 
 def test_stage_refuses_the_training_seed(project):
-    from groundiff.config import ParamsError
+    from groundiff.core.params import ParamsError
     from groundiff.stages import eval_grounding
 
     params = _stage_params(seed=yaml.safe_load((project / "params.yaml").read_text())["prompts"]["seed"])

@@ -1,6 +1,6 @@
 import json
 
-from groundiff.report import build_report
+from groundiff.eval.report import build_report
 from groundiff.stages import report
 
 

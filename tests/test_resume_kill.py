@@ -22,7 +22,7 @@ import pytest
 import _resume_worker as world
 from groundiff.data.shards import complete_shards, read_meta, read_shard
 from groundiff.data.voc import split_ids
-from groundiff.pseudo_label import read_labels
+from groundiff.method.pseudo_label import read_labels
 
 WORKER = Path(__file__).with_name("_resume_worker.py")
 pytestmark = pytest.mark.slow  # a fresh interpreter per kill (~5-10 s of imports on a busy machine)

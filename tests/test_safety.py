@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from groundiff.config import ParamsError
-from groundiff.stages.common import project_path
+from groundiff.core.params import ParamsError
+from groundiff.core.io import project_path
 
 ROOT = Path(__file__).resolve().parents[1]
 UNPICKLERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}

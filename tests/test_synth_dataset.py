@@ -5,8 +5,8 @@ import torch
 
 from groundiff.data.voc import IGNORE, read_split
 from groundiff.diffusion.pipeline import SamplingConfig, load_pipeline
-from groundiff.grounding import GroundingConfig, GroundingModule
-from groundiff.synth_dataset import SynthDatasetConfig, label_map, synth_dataset, synth_prompts
+from groundiff.method.grounding import GroundingConfig, GroundingModule
+from groundiff.method.synth_dataset import SynthDatasetConfig, label_map, synth_dataset, synth_prompts
 from groundiff.worlds.base import make_split
 from groundiff.worlds.shapes import CLASSES
 from groundiff.testing import tiny_shapes_pipeline

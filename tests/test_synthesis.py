@@ -10,9 +10,9 @@ from groundiff.data.prompts import PromptConfig, sample_prompts
 from groundiff.data.shards import ShardError, complete_shards, read_meta, read_shard
 from groundiff.diffusion.capture import FeatureCapture, capture_call_for, replay_features
 from groundiff.diffusion.pipeline import SamplingConfig, generate, load_pipeline
-from groundiff.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
-from groundiff.pseudo_label import PseudoLabelConfig, load_mask, pseudo_label, read_labels
-from groundiff.synthesis import SynthesisConfig, synthesize
+from groundiff.worlds.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
+from groundiff.method.pseudo_label import PseudoLabelConfig, load_mask, pseudo_label, read_labels
+from groundiff.method.synthesis import SynthesisConfig, synthesize
 from groundiff.worlds.shapes import CLASSES
 from groundiff.testing import tiny_shapes_pipeline
 

@@ -1,4 +1,4 @@
-"""groundiff.tracking against a real SQLite store in a temp project root (no server)."""
+"""groundiff.core.tracking against a real SQLite store in a temp project root (no server)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from groundiff import tracking
+from groundiff.core import tracking
 
 
 @pytest.fixture

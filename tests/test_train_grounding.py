@@ -17,19 +17,20 @@ import pandas as pd
 import pytest
 import torch
 
-from groundiff.config import ParamsError
+from groundiff.core.params import ParamsError
 from groundiff.data.prompts import PromptConfig, sample_prompts
 from groundiff.diffusion.capture import replay_features
 from groundiff.diffusion.pipeline import SamplingConfig, load_pipeline
-from groundiff.grounding import GroundingModule
-from groundiff.grounding.train import (
+from groundiff.method.grounding import GroundingModule
+from groundiff.method.grounding.train import (
     TrainConfig, collate, grounding_loss, load_training_set, read_loss_log, replay_batch, train_grounding,
 )
-from groundiff.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
-from groundiff.pseudo_label import PseudoLabelConfig, load_mask, pseudo_label, read_labels
+from groundiff.worlds.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
+from groundiff.method.pseudo_label import PseudoLabelConfig, load_mask, pseudo_label, read_labels
 from groundiff.diffusion.text import class_embeddings
-from groundiff.stages.common import Params
-from groundiff.synthesis import SynthesisConfig, synthesize
+from groundiff.core.params import Params
+from groundiff.worlds.active import World
+from groundiff.method.synthesis import SynthesisConfig, synthesize
 from groundiff.worlds.shapes_diffusion import DiffusionConfig, assemble_pipeline, build_components
 
 from conftest import tiny_params, write_params
@@ -115,7 +116,7 @@ def test_bad_strategy_is_a_clear_error(project):
     params["train_grounding"]["strategy"] = "zero_masks"
     write_params(project, params)
     with pytest.raises(ParamsError, match="train_grounding.*unknown training strategy"):
-        Params().section("train_grounding", TrainConfig)
+        Params().section("train_grounding")
 
 
 # --- data -----------------------------------------------------------------------------------------

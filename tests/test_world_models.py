@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from groundiff.diffusion.pipeline import SamplingConfig, generate, load_pipeline
-from groundiff.oracle import TorchvisionOracle
+from groundiff.worlds.oracle import TorchvisionOracle
 from groundiff.worlds.fidelity import FidelityConfig, fidelity_metrics, fidelity_prompts, found
-from groundiff.oracle import Detections
+from groundiff.worlds.oracle import Detections
 from groundiff.worlds.shapes import CLASSES
 from groundiff.worlds.shapes_diffusion import (DiffusionConfig, RunOptions, cycles, first_cycle_config, loss_curve,
                                                min_snr_weights, seed_first_cycle, train_diffusion)
@@ -169,7 +169,7 @@ def test_stage_continue_seeds_the_state_only_when_the_first_cycle_params_match(p
     import yaml
 
     from conftest import write_params
-    from groundiff.config import to_dict
+    from groundiff.core.params import to_dict
     from groundiff.stages import world_diffusion
 
     train_diffusion(TINY, OPTS, project / "worlds/shapes/diffusion", project / "work")
@@ -202,8 +202,8 @@ def test_stage_continue_finds_the_first_cycle_in_git_history(project):
     import yaml
 
     from conftest import write_params
-    from groundiff.checkpoint import load_training_state
-    from groundiff.config import to_dict
+    from groundiff.core.checkpoint import load_training_state
+    from groundiff.core.params import to_dict
     from groundiff.stages import world_diffusion
 
     def git(*args):

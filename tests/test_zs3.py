@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import yaml
 
-from groundiff.config import ParamsError
+from groundiff.core.params import ParamsError
 from groundiff.data.voc import VOCWriter, read_split
 from groundiff.stages import eval_zs3, train_segmenter, world_data
-from groundiff.stages.common import Params
-from groundiff.stages.common import real_data
-from groundiff.stages.train_segmenter import SYNTH, TrainSegmenterParams
+from groundiff.core.params import Params
+from groundiff.worlds.active import World
+from groundiff.core.paths import SYNTH_SEGMENTATION as SYNTH
 from groundiff.worlds.base import make_split
-from groundiff.zs3 import (PAPER_VARIANTS, VariantSpec, markdown_table, pick_figure_images, prediction_figure,
+from groundiff.eval.zs3 import (PAPER_VARIANTS, VariantSpec, markdown_table, pick_figure_images, prediction_figure,
                            score_confusion, variant_sources)
 
 from conftest import write_params
@@ -49,7 +49,7 @@ def tiny_project(project: Path) -> dict:
 
 
 def test_params_define_the_paper_variants():
-    cfg = Params(Path(__file__).resolve().parents[1] / "params.yaml").section("train_segmenter", TrainSegmenterParams)
+    cfg = Params(Path(__file__).resolve().parents[1] / "params.yaml").section("train_segmenter")
     assert cfg.variants == PAPER_VARIANTS
     assert list(cfg.variants) == ["A", "B", "C", "D", "E", "real_seen", "real_all"]
 
@@ -58,7 +58,7 @@ def test_dvc_stages_split_the_variants_by_synthetic_data():
     """train_segmenter@ (synthetic data: depends on it) and train_reference@ (real alone: does not)."""
     root = Path(__file__).resolve().parents[1]
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    cfg = Params(root / "params.yaml").section("train_segmenter", TrainSegmenterParams)
+    cfg = Params(root / "params.yaml").section("train_segmenter")
     synthetic, reference = stages["train_segmenter"], stages["train_reference"]
     assert synthetic["foreach"] + reference["foreach"] == list(cfg.variants)
     assert all(cfg.variants[v].synthetic for v in synthetic["foreach"])
@@ -74,7 +74,7 @@ def test_dvc_stages_split_the_variants_by_synthetic_data():
 
 def test_variant_sources_in_order(project):
     split = make_split("shapes", ["circle", "ring", "square"], ["ring"])
-    real = real_data(Params())
+    real = World(Params()).real_data
     src = {name: variant_sources(spec, split, real, "synth") for name, spec in PAPER_VARIANTS.items()}
     as_tuples = {k: [(s.root, s.split, s.labels, s.ignore_labels) for s in v] for k, v in src.items()}
     seen_real = ("data/shapes/real", "train", "SegmentationClass", (2,))  # ring hidden at load time too
@@ -173,7 +173,7 @@ def test_train_all_variants_then_eval(project):
     eval_zs3.main()
     results = json.loads((project / "metrics/zs3.json").read_text())
     assert sorted(results) == sorted(variants)
-    split = Params().class_split()
+    split = World(Params()).split
     for r in results.values():
         assert set(r) == {"miou_seen", "miou_unseen", "hiou", "per_class"}
         assert set(r["per_class"]) == set(split.classes)

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from groundiff.config import ParamsError
+from groundiff.core.params import ParamsError
 from groundiff.worlds.base import WorldError
 
 GROUNDING = Path("models/grounding")
@@ -22,10 +22,10 @@ GROUNDING = Path("models/grounding")
 
 def _generate(args: argparse.Namespace) -> None:
     from groundiff.diffusion.pipeline import SamplingConfig, load_pipeline
-    from groundiff.generate import generate_grounded, save_grounded
-    from groundiff.grounding import GroundingModule
+    from groundiff.method.generate import generate_grounded, save_grounded
+    from groundiff.method.grounding import GroundingModule
     from groundiff.stages.common import Params, world_pipeline
-    from groundiff.synthesis import SynthesisConfig
+    from groundiff.method.synthesis import SynthesisConfig
 
     params = Params()
     split = params.class_split()
@@ -58,7 +58,7 @@ def _classes(args: argparse.Namespace) -> None:
 
 def _world(args: argparse.Namespace) -> None:
     from groundiff.stages.common import Params
-    from groundiff.worlds.presets import apply_preset
+    from groundiff.app.presets import apply_preset
 
     overrides = {"world.split": args.split} if args.split is not None else {}
     if args.device:

@@ -7,6 +7,7 @@ per image to generate, with the seed that makes the row reproducible on its own.
 
 from __future__ import annotations
 
+from groundiff.core.schema import PromptConfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,23 +16,6 @@ import pandas as pd
 
 CLASS_SEP = "|"  # class names may contain spaces ("hot dog"), never a bar
 COLUMNS = ["index", "prompt", "classes", "n_objects", "seed"]
-
-
-@dataclass(frozen=True)
-class PromptConfig:
-    n: int = 2000  # rows in the table
-    seed: int = 0
-    two_object_prob: float = 0.5  # the paper: 1/2
-    template_one: str = "a photograph of a {}"
-    template_two: str = "a photograph of a {} and a {}"
-
-    def __post_init__(self) -> None:
-        if self.n <= 0:
-            raise ValueError(f"n must be a positive number of prompts, got {self.n}")
-        if not 0.0 <= self.two_object_prob <= 1.0:
-            raise ValueError(f"two_object_prob must be a probability in [0, 1], got {self.two_object_prob}")
-        if self.template_one.count("{}") != 1 or self.template_two.count("{}") != 2:
-            raise ValueError("template_one needs one '{}' and template_two two '{}' placeholders")
 
 
 def row_seed(seed: int, index: int) -> int:

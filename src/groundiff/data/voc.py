@@ -10,6 +10,8 @@ by `read_split`, so the segmenter never knows which world it is in.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +107,13 @@ def read_split(root: Path, split: str, labels: str = "SegmentationClass",
         if ignore_labels:
             label = np.where(np.isin(label, ignore_labels), IGNORE, label).astype(np.uint8)
         yield image_id, image, label
+
+
+@dataclass(frozen=True)
+class RealData:
+    """Where a world's real training images live and which label folders show what."""
+
+    root: str  # VOC-layout folder
+    split: str = "train"  # training split list
+    seen_labels: str = "SegmentationClass"  # labels for the seen-only variants (unseen also hidden at load)
+    full_labels: str = "SegmentationClass"  # labels with every class (shapes: SegmentationClassFull)

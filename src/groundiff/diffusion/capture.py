@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from groundiff.core.schema import check_capture_t
 from groundiff.diffusion.features import FeatureSpec, feature_specs
 
 
@@ -171,6 +172,4 @@ def replay_features(pipe, latents: torch.Tensor, timestep: int | torch.Tensor,
 
 def capture_call_for(steps: int, t: int) -> int:
     """The UNet call index of the paper's capture step t (1 = the final DDIM step)."""
-    if not 1 <= t <= steps:
-        raise ValueError(f"capture step t={t} must be in 1..{steps} (steps counted from the end)")
-    return steps - t
+    return check_capture_t(steps, t)

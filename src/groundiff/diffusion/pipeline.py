@@ -13,6 +13,7 @@ captured during generation equal those `capture.replay_features` recomputes from
 
 from __future__ import annotations
 
+from groundiff.core.schema import SamplingConfig
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,28 +26,11 @@ import torch
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
-    steps: int = 25  # DDIM steps (the paper: 50)
-    guidance_scale: float = 4.0  # classifier-free guidance (the paper: 5.0 train, 7.5 test)
-    eta: float = 0.0  # DDIM eta (the paper: 0, deterministic)
-    batch_size: int = 32
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast dtype of the UNet's denoising calls
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.steps <= 0 or self.batch_size <= 0:
-            raise ValueError(f"steps and batch_size must be positive, got {self.steps}, {self.batch_size}")
-        if self.guidance_scale < 1.0:
-            raise ValueError(f"guidance_scale must be >= 1 (1 disables guidance), got {self.guidance_scale}")
-
-
 def load_pipeline(source: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """A StableDiffusionPipeline with DDIM sampling from a folder or hub id, progress bar off."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from groundiff.worlds.preflight import looks_like_hub_id
+    from groundiff.core.paths import looks_like_hub_id
 
     path = Path(source)
     if not path.exists() and not looks_like_hub_id(str(source)):

@@ -11,7 +11,7 @@ class id: background is an ordinary class (id 0) — the synthetic images and re
 have background everywhere but the objects, and a segmenter that can say "background" is what
 the figures and the VOC-with-background protocol need — and "no object" (id K + 1) stays
 MaskFormer's internal null class for unmatched queries. Whether background counts in the
-*evaluation* is an evaluation choice (`groundiff.zs3`), not a model one.
+*evaluation* is an evaluation choice (`groundiff.eval.zs3`), not a model one.
 
 Backbone. The shapes world uses a small randomly initialised ResNet (`backbone_widths`,
 `backbone_depths`) so training on 32x32 images takes minutes on CPU; the paper worlds name a
@@ -21,6 +21,7 @@ checkpoint), whose weights are loaded only then — nothing is downloaded otherw
 
 from __future__ import annotations
 
+from groundiff.core.schema import COLOR_AUG_MODES, SegmenterConfig
 import json
 import logging
 from collections.abc import Sequence
@@ -40,80 +41,7 @@ log = logging.getLogger(__name__)
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 BACKGROUND = "background"
-COLOR_AUG_MODES = ("none", "synthetic", "all")
 META_FILE = "segmenter.json"
-
-
-@dataclass(frozen=True)
-class SegmenterConfig:
-    """Architecture, data augmentation and training schedule of one MaskFormer segmenter.
-
-    The number of classes is not a field: it comes from the class list the model is trained on
-    (`num_labels = len(classes) + 1`, background being class 0; see the module docstring).
-    """
-
-    # --- architecture
-    backbone: str = ""  # pretrained backbone (hub id or folder, ResNet or Swin); "" = small random ResNet below
-    backbone_widths: tuple[int, ...] = (32, 64, 128)  # random ResNet: channels of each stage (strides 4, 8, 16, ...)
-    backbone_depths: tuple[int, ...] = (1, 1, 1)  # random ResNet: basic blocks per stage
-    stem_width: int = 32  # random ResNet: channels of the 7x7 stride-2 stem (+ max-pool: stride 4)
-    fpn_size: int = 64  # pixel decoder: FPN channels and per-pixel mask-embedding size (multiple of 32: GroupNorm(32))
-    d_model: int = 128  # transformer decoder width (queries, attention)
-    num_queries: int = 20  # MaskFormer queries; more than the classes + background an image can hold
-    decoder_layers: int = 3  # transformer decoder layers (MaskFormer: 6)
-    decoder_heads: int = 4  # attention heads (must divide d_model)
-    decoder_ffn: int = 256  # decoder feed-forward width
-    dropout: float = 0.1  # decoder dropout (MaskFormer/DETR: 0.1)
-    aux_loss: bool = True  # deep supervision: the loss on every decoder layer's prediction, as MaskFormer
-    # (computed in groundiff.segmenter.train; the transformers model keeps use_auxiliary_loss off, see there)
-    no_object_weight: float = 0.1  # cross-entropy weight of the "no object" class (MaskFormer: 0.1)
-    # --- input and augmentation
-    input_size: int = 64  # images are resized to input_size x input_size (the shapes world's 32 -> 64: finer masks)
-    hflip: bool = True  # random horizontal flip in training
-    scale_jitter: tuple[float, float] = (0.75, 1.25)  # random rescale range, then crop / pad (ignore) to input_size
-    # photometric distortion in training (MaskFormer's semantic recipe, detectron2's COLOR_AUG_SSD:
-    # brightness, contrast, saturation, hue): none | synthetic (generated images only) | all
-    color_aug: str = "none"
-    # --- training
-    steps: int = 2000  # optimizer steps
-    batch_size: int = 16  # images per step, drawn uniformly from the concatenated sources
-    lr: float = 1e-3  # AdamW peak learning rate (linear warmup, then poly decay 0.9 as MaskFormer)
-    backbone_lr_mult: float = 1.0  # backbone lr = lr * this (MaskFormer with a pretrained backbone: 0.1)
-    weight_decay: float = 1e-4  # AdamW weight decay
-    warmup_steps: int = 50  # linear lr warmup steps
-    grad_clip: float = 1.0  # max gradient norm (0 = no clipping)
-    seed: int = 0  # model initialisation, batch sampling, augmentation and dropout
-    # CPU threads while training. Part of the result, so pinned: a different thread count sums
-    # floats in another order, and MaskFormer's matching amplifies that (real_all hIoU 62.5 at 1
-    # thread, 41.4 at 2, measured). 0 = torch's default (then results depend on the machine).
-    num_threads: int = 1
-    checkpoint_every: int = 100  # save the resumable training state every this many steps
-    log_every: int = 20  # mean loss to the CSV log / progress bar / on_log every this many steps
-
-    def __post_init__(self) -> None:
-        positive = {"steps": self.steps, "batch_size": self.batch_size, "input_size": self.input_size,
-                    "num_queries": self.num_queries, "d_model": self.d_model, "decoder_layers": self.decoder_layers,
-                    "checkpoint_every": self.checkpoint_every, "log_every": self.log_every, "fpn_size": self.fpn_size}
-        bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
-        if bad:
-            raise ValueError(f"must be positive: {', '.join(bad)}")
-        if self.fpn_size % 32:
-            raise ValueError(f"fpn_size must be a multiple of 32 (the pixel decoder's GroupNorm has 32 groups), got {self.fpn_size}")
-        if self.d_model % self.decoder_heads:
-            raise ValueError(f"decoder_heads ({self.decoder_heads}) must divide d_model ({self.d_model})")
-        if not self.backbone and (len(self.backbone_widths) != len(self.backbone_depths) or len(self.backbone_widths) < 2):
-            raise ValueError("backbone_widths and backbone_depths: one entry per ResNet stage, at least 2 stages "
-                             f"(got {list(self.backbone_widths)} and {list(self.backbone_depths)})")
-        lo, hi = self.scale_jitter
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale_jitter: expected 0 < min <= max, got {list(self.scale_jitter)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.color_aug not in COLOR_AUG_MODES:
-            raise ValueError(f"color_aug: {self.color_aug!r} is not one of {', '.join(COLOR_AUG_MODES)} "
-                             "(which training images are photometrically distorted)")
-        if self.num_threads < 0:
-            raise ValueError(f"num_threads must be >= 0 (0 = torch's default), got {self.num_threads}")
 
 
 # --------------------------------------------------------------------------- building

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from groundiff import losslog
-from groundiff.checkpoint import fingerprint, resume_or_reset, save_training_state
+from groundiff.core import losslog
+from groundiff.core.checkpoint import fingerprint, resume_or_reset, save_training_state
 from groundiff.data.voc import IGNORE, load_label_png, split_ids
 from groundiff.segmenter.model import MEAN, STD, SegmenterConfig, Segmenter, build_model
 

@@ -2,7 +2,7 @@
 
 Generates the seeded test prompts of the five categories (one seen, one unseen, two seen, two
 seen+unseen, two unseen) once each, scores both methods against the world oracle's masks on the
-same (image, class) pairs (`groundiff.protocol1`), and writes:
+same (image, class) pairs (`groundiff.eval.protocol1`), and writes:
 
     metrics/protocol1.json          {"ours": {5 categories}, "daam": {5 categories}}, mIoU in %
     metrics/protocol1_details.json  pair counts (incl. oracle misses), per-class mIoU, and ours'
@@ -16,14 +16,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from groundiff import tracking
-from groundiff.config import ParamsError, to_dict
+from groundiff.core import tracking
+from groundiff.core.params import ParamsError, to_dict
 from groundiff.data.prompts import PromptConfig
 from groundiff.diffusion.pipeline import load_pipeline
-from groundiff.grounding import GroundingModule
-from groundiff.protocol1 import (EvalConfig, evaluate, flat_metrics, markdown_report, overlay_figure,
+from groundiff.method.grounding import GroundingModule
+from groundiff.eval.protocol1 import (EvalConfig, evaluate, flat_metrics, markdown_report, overlay_figure,
                                  protocol1_prompts)
-from groundiff.stages.common import Params, load_oracle, pin_threads, run_stage, world_pipeline, write_json
+from groundiff.core.io import write_json
+from groundiff.stages.common import open_stage, run_stage
 
 GROUNDING = Path("models/grounding")
 METRICS = Path("metrics/protocol1.json")
@@ -32,9 +33,9 @@ TABLE = Path("reports/protocol1.md")
 GRID = Path("reports/figures/protocol1_overlays.png")
 
 
-def check_against_training(params: Params, cfg: EvalConfig) -> None:
+def check_against_training(params, cfg: EvalConfig) -> None:
     """Refuse a test seed equal to the training prompts'; warn if features come from another step."""
-    train = params.section("prompts", PromptConfig)
+    train = params.section("prompts")
     if cfg.seed == train.seed:
         raise ParamsError(
             f"params.yaml: eval_grounding.seed is {cfg.seed}, the same as prompts.seed: the test prompts "
@@ -49,16 +50,15 @@ def check_against_training(params: Params, cfg: EvalConfig) -> None:
 
 
 def main() -> None:
-    params = Params()
-    pin_threads(params.world)
-    cfg = params.section("eval_grounding", EvalConfig)
-    split = params.class_split()
+    params, world = open_stage("eval_grounding")
+    cfg = params.section("eval_grounding")
+    split = world.split
     check_against_training(params, cfg)
     device = params.world.device
-    logged = {"eval_grounding": to_dict(cfg), "world": to_dict(params.world)}
+    logged = {"eval_grounding": to_dict(cfg), **params.logged()}
     with tracking.stage_run("eval_grounding", logged) as run:
-        pipe = load_pipeline(world_pipeline(params), device)
-        oracle = load_oracle(params, score_threshold=cfg.oracle_score_threshold)
+        pipe = load_pipeline(world.pipeline, device)
+        oracle = world.load_oracle(score_threshold=cfg.oracle_score_threshold)
         model = GroundingModule.from_pretrained(GROUNDING, device)
         table = protocol1_prompts(split, cfg)
         result = evaluate(pipe, oracle, model, table, split, cfg)

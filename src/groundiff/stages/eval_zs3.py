@@ -12,50 +12,35 @@ from pathlib import Path
 
 import numpy as np
 
-from groundiff import tracking
-from groundiff.config import to_dict
+from groundiff.core import tracking
+from groundiff.core.params import to_dict
 from groundiff.data.voc import read_split
 from groundiff.segmenter import Segmenter
-from groundiff.stages.common import Params, pin_threads, real_data, run_stage, write_json
+from groundiff.core.io import write_json
+from groundiff.stages.common import open_stage, run_stage
 from groundiff.stages.train_segmenter import MODELS, TrainSegmenterParams, dvc_stage
-from groundiff.zs3 import BACKGROUND_MODES, evaluate, markdown_table, pick_figure_images, prediction_figure
+from groundiff.eval.zs3 import BACKGROUND_MODES, evaluate, markdown_table, pick_figure_images, prediction_figure
+from groundiff.core.schema import EvalZS3Params
 
 METRICS = Path("metrics/zs3.json")
 REPORT = Path("reports/zs3.md")
 FIGURE = Path("reports/figures/zs3_predictions.png")
 
 
-@dataclass(frozen=True)
-class EvalZS3Params:
-    """params.yaml `eval_zs3`."""
-
-    split: str = "val"  # the real split scored (every class labelled)
-    background: str = "ignore"  # ignore: background pixels skipped (ZegFormer's VOC) | seen: a seen class
-    batch_size: int = 64  # images per forward pass
-    figure_images: int = 6  # rows of the prediction figure (about 2/3 showing an unseen class)
-
-    def __post_init__(self) -> None:
-        if self.background not in BACKGROUND_MODES:
-            raise ValueError(f"background: {self.background!r} is not one of {', '.join(BACKGROUND_MODES)}")
-        if self.batch_size <= 0 or self.figure_images <= 0:
-            raise ValueError("batch_size and figure_images must be positive")
-
-
 def main() -> None:
-    params = Params()
-    pin_threads(params.world)
-    cfg = params.section("eval_zs3", EvalZS3Params)
-    specs = params.section("train_segmenter", TrainSegmenterParams).variants
+    params, world = open_stage("eval_zs3")
+    cfg = params.section("eval_zs3")
+    specs = params.section("train_segmenter").variants
     variants = list(specs)
-    split = params.class_split()
-    real = real_data(params)
+    split = world.split
+    real = world.real_data
     missing = [v for v in variants if not (MODELS / v / "segmenter.json").is_file()]
     if missing:
         raise FileNotFoundError(
             f"no trained segmenter for variant(s) {', '.join(missing)} under {MODELS}/; train them with "
             + " && ".join(f"`dvc repro {dvc_stage(v, specs[v])}`" for v in missing)
             + " (or `dvc repro eval_zs3`, which trains whatever is missing first)")
-    with tracking.stage_run("eval_zs3", {"eval_zs3": to_dict(cfg), "world": to_dict(params.world),
+    with tracking.stage_run("eval_zs3", {"eval_zs3": to_dict(cfg), **params.logged(),
                                          "variants": variants}) as run:
         results, segmenters = {}, {}
         for name in variants:

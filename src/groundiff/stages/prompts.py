@@ -5,20 +5,21 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from groundiff import tracking
-from groundiff.config import to_dict
+from groundiff.core import tracking
+from groundiff.core.params import to_dict
 from groundiff.data.prompts import PromptConfig, class_list, sample_prompts
-from groundiff.stages.common import Params, run_stage, write_json
+from groundiff.core.io import write_json
+from groundiff.stages.common import open_stage, run_stage
 
 OUT = Path("data/prompts/train.csv")
 METRICS = Path("metrics/prompts.json")
 
 
 def main() -> None:
-    params = Params()
-    cfg = params.section("prompts", PromptConfig)
-    split = params.class_split()
-    with tracking.stage_run("prompts", {"prompts": to_dict(cfg), "world": to_dict(params.world)}) as run:
+    params, world = open_stage("prompts")
+    cfg = params.section("prompts")
+    split = world.split
+    with tracking.stage_run("prompts", {"prompts": to_dict(cfg), **params.logged()}) as run:
         table = sample_prompts(split.seen, cfg)
         OUT.parent.mkdir(parents=True, exist_ok=True)
         tmp = OUT.with_suffix(".csv.partial")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from groundiff import tracking
-from groundiff.config import to_dict
-from groundiff.pseudo_label import PseudoLabelConfig, pseudo_label
-from groundiff.synthesis import model_fingerprint
-from groundiff.stages.common import Params, load_oracle, oracle_id, pin_threads, run_stage, write_json
+from groundiff.core import tracking
+from groundiff.core.params import to_dict
+from groundiff.method.pseudo_label import PseudoLabelConfig, pseudo_label
+from groundiff.method.synthesis import model_fingerprint
+from groundiff.core.io import write_json
+from groundiff.stages.common import open_stage, run_stage
 
 SYNTH = Path("data/synth/train")
 OUT = Path("data/synth/train_labels")
@@ -16,12 +17,11 @@ METRICS = Path("metrics/pseudo_label.json")
 
 
 def main() -> None:
-    params = Params()
-    pin_threads(params.world)
-    cfg = params.section("pseudo_label", PseudoLabelConfig)
-    source = oracle_id(params)
-    with tracking.stage_run("pseudo_label", {"pseudo_label": to_dict(cfg), "world": to_dict(params.world)}) as run:
-        oracle = load_oracle(params, score_threshold=cfg.score_threshold)
+    params, world = open_stage("pseudo_label")
+    cfg = params.section("pseudo_label")
+    source = world.oracle_id
+    with tracking.stage_run("pseudo_label", {"pseudo_label": to_dict(cfg), **params.logged()}) as run:
+        oracle = world.load_oracle(score_threshold=cfg.score_threshold)
         stats = pseudo_label(oracle, SYNTH, OUT, cfg, oracle_id=model_fingerprint(source))
         write_json(METRICS, stats)
         run.log_metrics({"found_rate": stats["found_rate"], "images": stats["images"]})

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from groundiff import tracking
-from groundiff.checkpoint import write_text_atomic
-from groundiff.report import build_report
-from groundiff.stages.common import Params, run_stage
+from groundiff.core import tracking
+from groundiff.core.checkpoint import write_text_atomic
+from groundiff.eval.report import build_report
+from groundiff.stages.common import open_stage, run_stage
 
 OUT = Path("reports/report.md")
 
 
 def main() -> None:
-    params = Params()
+    params, world = open_stage("report")
     with tracking.stage_run("report", {"world": params.raw.get("world", {})}) as run:
         OUT.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(OUT, build_report(params.raw, Path(".")))

@@ -1,21 +1,22 @@
 """Stage `synth_dataset`: diffusion + grounding module -> a labelled VOC-layout dataset, all classes.
 
 Resumable (output `persist: true`): finished shards are kept; other params or models start over.
-With `distributed.scheduler` set, the shards are made on a Dask cluster (groundiff.distributed).
+With `distributed.scheduler` set, the shards are made on a Dask cluster (groundiff.method.distributed).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from groundiff import tracking
-from groundiff.config import to_dict
+from groundiff.core import tracking
+from groundiff.core.params import to_dict
 from groundiff.diffusion.pipeline import load_pipeline
-from groundiff.distributed import DistributedConfig, synth_dataset_distributed
-from groundiff.grounding import GroundingModule
-from groundiff.stages.common import Params, pin_threads, run_stage, world_pipeline, write_json
-from groundiff.synth_dataset import SynthDatasetConfig, synth_dataset
-from groundiff.synthesis import model_fingerprint
+from groundiff.method.distributed import DistributedConfig, synth_dataset_distributed
+from groundiff.method.grounding import GroundingModule
+from groundiff.core.io import write_json
+from groundiff.stages.common import open_stage, run_stage
+from groundiff.method.synth_dataset import SynthDatasetConfig, synth_dataset
+from groundiff.method.synthesis import model_fingerprint
 
 GROUNDING = Path("models/grounding")
 OUT = Path("data/synth/segmentation")
@@ -23,14 +24,13 @@ METRICS = Path("metrics/synth_dataset.json")
 
 
 def main() -> None:
-    params = Params()
-    pin_threads(params.world)
-    cfg = params.section("synth_dataset", SynthDatasetConfig)
-    dist = params.section("distributed", DistributedConfig)
-    split = params.class_split()
-    source = world_pipeline(params)
+    params, world = open_stage("synth_dataset")
+    cfg = params.section("synth_dataset")
+    dist = params.section("distributed")
+    split = world.split
+    source = world.pipeline
     model_ids = [model_fingerprint(source), model_fingerprint(GROUNDING)]  # retrained models start over
-    logged = {"synth_dataset": to_dict(cfg), "world": to_dict(params.world), "distributed": to_dict(dist)}
+    logged = {"synth_dataset": to_dict(cfg), **params.logged(), "distributed": to_dict(dist)}
     with tracking.stage_run("synth_dataset", logged) as run:
         if dist.serial:
             module = GroundingModule.from_pretrained(GROUNDING, device=params.world.device)

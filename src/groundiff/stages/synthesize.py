@@ -2,20 +2,21 @@
 
 Resumable: finished shards are kept (the output is `persist: true` in dvc.yaml) and only missing
 ones are generated; a changed table, setting or model starts over. With `distributed.scheduler`
-set, the shards are generated on a Dask cluster (groundiff.distributed): the same bytes.
+set, the shards are generated on a Dask cluster (groundiff.method.distributed): the same bytes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from groundiff import tracking
-from groundiff.config import to_dict
+from groundiff.core import tracking
+from groundiff.core.params import to_dict
 from groundiff.data.prompts import read_prompts
 from groundiff.diffusion.pipeline import load_pipeline
-from groundiff.distributed import DistributedConfig, synthesize_distributed
-from groundiff.stages.common import Params, pin_threads, run_stage, world_pipeline, write_json
-from groundiff.synthesis import SynthesisConfig, model_fingerprint, synthesize
+from groundiff.method.distributed import DistributedConfig, synthesize_distributed
+from groundiff.core.io import write_json
+from groundiff.stages.common import open_stage, run_stage
+from groundiff.method.synthesis import SynthesisConfig, model_fingerprint, synthesize
 
 PROMPTS = Path("data/prompts/train.csv")
 OUT = Path("data/synth/train")
@@ -23,14 +24,13 @@ METRICS = Path("metrics/synthesize.json")
 
 
 def main() -> None:
-    params = Params()
-    pin_threads(params.world)
-    cfg = params.section("synthesize", SynthesisConfig)
-    dist = params.section("distributed", DistributedConfig)
+    params, world = open_stage("synthesize")
+    cfg = params.section("synthesize")
+    dist = params.section("distributed")
     table = read_prompts(PROMPTS)
-    source = world_pipeline(params)
+    source = world.pipeline
     model_id = model_fingerprint(source)  # by content: a retrained model does not resume old shards
-    logged = {"synthesize": to_dict(cfg), "world": to_dict(params.world), "distributed": to_dict(dist)}
+    logged = {"synthesize": to_dict(cfg), **params.logged(), "distributed": to_dict(dist)}
     with tracking.stage_run("synthesize", logged) as run:
         if dist.serial:
             pipe = load_pipeline(source, params.world.device)

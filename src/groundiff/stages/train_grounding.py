@@ -11,11 +11,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from groundiff import tracking
-from groundiff.config import to_dict
+from groundiff.core import tracking
+from groundiff.core.params import to_dict
 from groundiff.diffusion.pipeline import load_pipeline
-from groundiff.grounding.train import LOG_NAME, TrainConfig, train_grounding
-from groundiff.stages.common import Params, atomic_dir, pin_threads, run_stage, world_pipeline, write_json
+from groundiff.method.grounding.train import LOG_NAME, TrainConfig, train_grounding
+from groundiff.core.io import atomic_dir, write_json
+from groundiff.stages.common import open_stage, run_stage
 
 SYNTH = Path("data/synth/train")
 LABELS = Path("data/synth/train_labels")
@@ -26,12 +27,11 @@ LOSS_PLOT = Path("metrics/train_grounding_loss.csv")
 
 
 def main() -> None:
-    params = Params()
-    pin_threads(params.world)
-    cfg = params.section("train_grounding", TrainConfig)
-    split = params.class_split()
-    source = world_pipeline(params)
-    logged = {"train_grounding": to_dict(cfg), "world": to_dict(params.world), "seen_classes": list(split.seen)}
+    params, world = open_stage("train_grounding")
+    cfg = params.section("train_grounding")
+    split = world.split
+    source = world.pipeline
+    logged = {"train_grounding": to_dict(cfg), **params.logged(), "seen_classes": list(split.seen)}
     with tracking.stage_run("train_grounding", logged) as run:
         pipe = load_pipeline(source, params.world.device)
         model, metrics = train_grounding(pipe, SYNTH, LABELS, split.seen, cfg, STATE, params.world.device,

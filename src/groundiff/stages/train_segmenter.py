@@ -7,7 +7,7 @@ Variants with synthetic data are `train_segmenter@<variant>` stages; those on re
 (the references) are `train_reference@<variant>`, which do not depend on the synthetic dataset.
 
 params.yaml `train_segmenter`: `segmenter` (the SegmenterConfig every variant shares) and
-`variants` (name -> synthetic splits + real data; see `groundiff.zs3`). Output:
+`variants` (name -> synthetic splits + real data; see `groundiff.eval.zs3`). Output:
 `models/segmenter/<variant>/` (transformers save_pretrained + segmenter.json), metrics
 `metrics/train_segmenter/<variant>.json`, loss curve `metrics/train_segmenter/<variant>_loss.csv`.
 Training state in `models/segmenter_state/<variant>/` makes an interrupted run resume; it is
@@ -21,35 +21,19 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from groundiff import tracking
-from groundiff.config import ParamsError, to_dict
+from groundiff.core import tracking
+from groundiff.core.params import ParamsError, to_dict
 from groundiff.segmenter import SegmenterConfig, train_segmenter
-from groundiff.stages.common import Params, atomic_dir, pin_threads, real_data, run_stage, write_json
-from groundiff.zs3 import VariantSpec, variant_sources
+from groundiff.core.io import atomic_dir, write_json
+from groundiff.stages.common import open_stage, run_stage
+from groundiff.eval.zs3 import VariantSpec, variant_sources
+from groundiff.core.schema import TrainSegmenterParams
 
 #: The synthetic dataset (synth_dataset); the real data is the world's (world_data).
 SYNTH = Path("data/synth/segmentation")
 MODELS = Path("models/segmenter")
 STATE = Path("models/segmenter_state")
 METRICS = Path("metrics/train_segmenter")
-
-
-@dataclass(frozen=True)
-class TrainSegmenterParams:
-    """params.yaml `train_segmenter`."""
-
-    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)  # shared by every variant
-    variants: dict[str, VariantSpec] = field(default_factory=dict)  # name -> training data
-
-    def __post_init__(self) -> None:
-        if not self.variants:
-            raise ValueError("variants: none defined; list at least one (e.g. A: {synthetic: [one]})")
-
-    def variant(self, name: str) -> VariantSpec:
-        if name not in self.variants:
-            raise ParamsError(f"unknown segmenter variant {name!r}; params.yaml train_segmenter.variants "
-                              f"defines: {', '.join(self.variants)}")
-        return self.variants[name]
 
 
 def dvc_stage(name: str, spec: VariantSpec) -> str:
@@ -68,19 +52,18 @@ def _check_sources(sources) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    params = Params()
-    pin_threads(params.world)
-    cfg = params.section("train_segmenter", TrainSegmenterParams)
+    params, world = open_stage("train_segmenter")
+    cfg = params.section("train_segmenter")
     if len(args) != 1:
         raise ParamsError(f"usage: python -m groundiff.stages.train_segmenter <variant>; variants: {', '.join(cfg.variants)}")
     name = args[0]
     spec = cfg.variant(name)
-    split = params.class_split()
-    sources = variant_sources(spec, split, real_data(params), SYNTH)
+    split = world.split
+    sources = variant_sources(spec, split, world.real_data, SYNTH)
     _check_sources(sources)
     logged = {"train_segmenter": {"segmenter": to_dict(cfg.segmenter), "variant": name, **asdict(spec),
                                   "sources": [str(s) for s in sources]},
-              "world": to_dict(params.world)}
+              **params.logged()}
     with tracking.stage_run(dvc_stage(name, spec), logged) as run:
         state = STATE / name
         segmenter, summary = train_segmenter(

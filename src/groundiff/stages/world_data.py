@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from groundiff import tracking
-from groundiff.config import to_dict
+from groundiff.core import tracking
+from groundiff.core.params import to_dict
 from groundiff.data.voc import read_split, voc_palette
-from groundiff.data.paper_data import build_coco, build_voc
-from groundiff.stages.common import Params, atomic_dir, real_data, run_stage, write_json
+from groundiff.worlds.paper_data import build_coco, build_voc
+from groundiff.core.io import atomic_dir, write_json
+from groundiff.stages.common import open_stage, run_stage
+from groundiff.worlds.active import World
 from groundiff.worlds.preflight import require_paper_world
 from groundiff.worlds.shapes_data import WorldDataConfig, write_real_dataset
 
@@ -37,9 +39,9 @@ def preview(root: Path, n: int = 8, scale: int = 4, size: int = 32) -> Image.Ima
     return Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
 
 
-def build_paper_world(params: Params, out: Path) -> dict:
+def build_paper_world(active: World, out: Path) -> dict:
     """voc / coco: the downloaded dataset as `out` (VOC layout); returns image counts per split."""
-    world, settings = params.world.name, params.paper_world()
+    world, settings = active.name, active.paper
     require_paper_world(world, settings)
     with atomic_dir(out) as tmp:
         if world == "voc":
@@ -51,18 +53,18 @@ def build_paper_world(params: Params, out: Path) -> dict:
 
 
 def main() -> None:
-    params = Params()
-    split = params.class_split()
-    out = Path(real_data(params).root)
+    params, world = open_stage("world_data")
+    split = world.split
+    out = Path(world.real_data.root)
     shapes = params.world.name == "shapes"
-    cfg = params.section("world_data", WorldDataConfig) if shapes else None
-    logged = {"world": to_dict(params.world), **({"world_data": to_dict(cfg)} if shapes else {})}
+    cfg = params.section("world_data") if shapes else None
+    logged = {**params.logged(), **({"world_data": to_dict(cfg)} if shapes else {})}
     with tracking.stage_run("world_data", logged) as run:
         if shapes:
             with atomic_dir(out) as tmp:
                 stats = write_real_dataset(tmp, split, cfg)
         else:
-            stats = build_paper_world(params, out)
+            stats = build_paper_world(world, out)
         write_json(METRICS, stats)
         PREVIEW.parent.mkdir(parents=True, exist_ok=True)
         preview(out).save(PREVIEW)

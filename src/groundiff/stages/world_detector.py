@@ -13,9 +13,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from groundiff import tracking
-from groundiff.config import to_dict
-from groundiff.stages.common import Params, atomic_dir, load_oracle, run_stage, write_json
+from groundiff.core import tracking
+from groundiff.core.params import to_dict
+from groundiff.core.io import atomic_dir, write_json
+from groundiff.stages.common import open_stage, run_stage
+from groundiff.worlds.active import World
 from groundiff.worlds.base import WorldError
 from groundiff.worlds.preflight import describe_oracle, require_paper_world
 from groundiff.worlds.shapes_detector import DetectorConfig, evaluate_mask_ap, train_detector
@@ -27,13 +29,13 @@ METRICS = Path("metrics/world_detector.json")
 LOSS_PLOT = Path("metrics/world_detector_loss.csv")
 
 
-def record_paper_oracle(params: Params) -> Path:
+def record_paper_oracle(active: World) -> Path:
     """voc / coco: load the external oracle once (it must load) and write its source record."""
-    world, settings = params.world.name, params.paper_world()
+    world, settings = active.name, active.paper
     require_paper_world(world, settings)
-    oracle = load_oracle(params)
+    oracle = active.load_oracle()
     record = {**describe_oracle(settings.oracle), "classes": list(oracle.classes)}
-    missing = sorted(set(params.class_split().classes) - set(oracle.classes))
+    missing = sorted(set(active.split.classes) - set(oracle.classes))
     if missing:
         raise WorldError(f"the {world} oracle cannot detect {missing}; it needs every class of the world")
     out = Path("worlds") / world / "detector"
@@ -46,14 +48,14 @@ def record_paper_oracle(params: Params) -> Path:
 
 
 def main() -> None:
-    params = Params()
+    params, world = open_stage("world_detector")
     if params.world.name != "shapes":
-        out = record_paper_oracle(params)
+        out = record_paper_oracle(world)
         print(f"world_detector: the {params.world.name} world's oracle loads (recorded in {out}/source.json)")
         return
-    cfg = params.section("world_detector", DetectorConfig)
-    split = params.class_split()
-    with tracking.stage_run("world_detector", {"world_detector": to_dict(cfg), "world": to_dict(params.world)}) as run:
+    cfg = params.section("world_detector")
+    split = world.split
+    with tracking.stage_run("world_detector", {"world_detector": to_dict(cfg), **params.logged()}) as run:
         oracle = train_detector(DATA, split.classes, cfg, STATE, device=params.world.device,
                                 on_log=lambda m: run.log_metrics({"loss": m["loss"]}, step=m["step"]))
         metrics = evaluate_mask_ap(oracle, DATA, "val")

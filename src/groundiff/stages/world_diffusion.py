@@ -20,13 +20,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from groundiff import tracking
-from groundiff.config import from_params, to_dict
-from groundiff.stages.common import Params, atomic_dir, run_stage, write_json
+from groundiff.core import tracking
+from groundiff.core.params import from_params, to_dict
+from groundiff.core.io import atomic_dir, write_json
+from groundiff.stages.common import open_stage, run_stage
+from groundiff.worlds.active import World
 from groundiff.worlds.preflight import (describe_diffusion, diffusion_folder, missing_pipeline_parts,
                                        require_paper_world)
 from groundiff.worlds.shapes_diffusion import (DiffusionConfig, RunOptions, first_cycle_config, loss_curve,
                                                seed_first_cycle, train_diffusion)
+from groundiff.core.schema import WorldDiffusionParams
 
 OUT = Path("worlds/shapes/diffusion")
 STATE = Path("worlds/shapes/state/diffusion")
@@ -34,15 +37,9 @@ METRICS = Path("metrics/world_diffusion.json")
 LOSS_PLOT = Path("metrics/world_diffusion_loss.csv")
 
 
-@dataclass(frozen=True)
-class WorldDiffusionParams:
-    model: DiffusionConfig = field(default_factory=DiffusionConfig)
-    run: RunOptions = field(default_factory=RunOptions)
-
-
-def record_paper_pipeline(params: Params) -> Path:
+def record_paper_pipeline(active: World) -> Path:
     """voc / coco: check the external pipeline is complete; write its source record; return the folder."""
-    world, settings = params.world.name, params.paper_world()
+    world, settings = active.name, active.paper
     require_paper_world(world, settings)
     sources = describe_diffusion(settings.diffusion)
     folder = diffusion_folder(settings.diffusion)
@@ -128,7 +125,7 @@ def _export(rev: str, dest: Path) -> tuple[Path, list[dict]]:
     return pipeline, rows
 
 
-def seed_from_shipped(params: Params) -> tuple[Path, str]:
+def seed_from_shipped(params) -> tuple[Path, str]:
     """Prepare `dvc repro world_diffusion` to train only the second cycle, on a shipped first cycle.
 
     The first cycle comes from the newest shipped pipeline that is a first cycle alone, trained
@@ -141,7 +138,7 @@ def seed_from_shipped(params: Params) -> tuple[Path, str]:
 
     if params.world.name != "shapes":
         raise ValueError(f"the {params.world.name} world's diffusion model is not trained by this project")
-    cfg = params.section("world_diffusion", WorldDiffusionParams).model
+    cfg = params.section("world_diffusion").model
     if not cfg.finetune_steps:
         raise ValueError("world_diffusion.model.finetune_steps is 0: set the second cycle's length first")
     wanted = first_cycle_config(cfg)
@@ -170,7 +167,7 @@ def seed_from_shipped(params: Params) -> tuple[Path, str]:
 def main(argv: list[str] | None = None) -> None:
     """Train (or record) the world's diffusion model; `--continue` seeds cycle 1 from the shipped one."""
     argv = argv or []
-    params = Params()
+    params, world = open_stage("world_diffusion")
     if argv == ["--continue"]:
         state, rev = seed_from_shipped(params)
         print(f"world_diffusion: the first cycle shipped in {rev} seeds {state}; "
@@ -179,11 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     if argv:
         raise ValueError(f"unknown arguments {argv}: the stage takes none, or --continue")
     if params.world.name != "shapes":
-        out = record_paper_pipeline(params)
-        print(f"world_diffusion: the {params.world.name} world uses {params.paper_world().diffusion} "
+        out = record_paper_pipeline(world)
+        print(f"world_diffusion: the {params.world.name} world uses {world.paper.diffusion} "
               f"(recorded in {out}/source.json)")
         return
-    p = params.section("world_diffusion", WorldDiffusionParams)
+    p = params.section("world_diffusion")
     opts = RunOptions(**{**to_dict(p.run), "device": params.world.device})
     with tracking.stage_run("world_diffusion", {"model": to_dict(p.model), "run": to_dict(opts)}) as run:
         with atomic_dir(OUT) as tmp:

@@ -12,22 +12,18 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from groundiff import tracking
-from groundiff.config import to_dict
+from groundiff.core import tracking
+from groundiff.core.params import to_dict
 from groundiff.diffusion.pipeline import SamplingConfig, generate, load_pipeline
 from groundiff.figures import captioned_grid
-from groundiff.stages.common import Params, load_oracle, run_stage, world_pipeline, write_json
+from groundiff.core.io import write_json
+from groundiff.stages.common import open_stage, run_stage
 from groundiff.worlds.fidelity import FidelityConfig, fidelity_metrics, fidelity_prompts
+from groundiff.core.schema import WorldFidelityParams
 
 METRICS = Path("metrics/world_fidelity.json")
 TABLE = Path("reports/world_fidelity.md")
 GRID = Path("reports/figures/world_fidelity_samples.png")
-
-
-@dataclass(frozen=True)
-class WorldFidelityParams:
-    prompts: FidelityConfig = field(default_factory=FidelityConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
 def markdown_table(metrics: dict) -> str:
@@ -47,13 +43,13 @@ def markdown_table(metrics: dict) -> str:
 
 
 def main() -> None:
-    params = Params()
-    p = params.section("world_fidelity", WorldFidelityParams)
-    split = params.class_split()
+    params, world = open_stage("world_fidelity")
+    p = params.section("world_fidelity")
+    split = world.split
     device = params.world.device
-    with tracking.stage_run("world_fidelity", {"world_fidelity": to_dict(p), "world": to_dict(params.world)}) as run:
-        pipe = load_pipeline(world_pipeline(params), device)
-        oracle = load_oracle(params)
+    with tracking.stage_run("world_fidelity", {"world_fidelity": to_dict(p), **params.logged()}) as run:
+        pipe = load_pipeline(world.pipeline, device)
+        oracle = world.load_oracle()
         table = fidelity_prompts(split.classes, p.prompts)
         images = []
         for i in tqdm(range(0, len(table), p.sampling.batch_size), desc="world_fidelity", mininterval=5):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from groundiff.stages.common import SHAPES_DETECTOR, SHAPES_PIPELINE, Params, run_stage, write_json
+from groundiff.core.io import write_json
+from groundiff.core import paths
+from groundiff.stages.common import open_stage, run_stage
 from groundiff.worlds.preflight import describe_sources, require_paper_world
 
 OUT = Path("metrics/world_setup.json")
@@ -24,17 +26,17 @@ def sources_path(world: str) -> Path:
 
 
 def main() -> None:
-    params = Params()
-    world = params.world.name
-    split = params.class_split()
+    params, active = open_stage("world_setup")
+    world = active.name
+    split = active.split
     summary = {"world": world, "split": params.world.split, "seen": list(split.seen), "unseen": list(split.unseen)}
     if world == "shapes":
         # Made here by the world_* stages (or shipped in git): nothing to fetch.
-        sources = {"world": world, "diffusion": {"trained_by": "world_diffusion", "folder": str(SHAPES_PIPELINE)},
-                   "oracle": {"trained_by": "world_detector", "folder": str(SHAPES_DETECTOR)},
+        sources = {"world": world, "diffusion": {"trained_by": "world_diffusion", "folder": str(paths.world_diffusion("shapes"))},
+                   "oracle": {"trained_by": "world_detector", "folder": str(paths.world_detector("shapes"))},
                    "data": {"rendered_by": "world_data"}}
     else:
-        settings = params.paper_world()
+        settings = active.paper
         require_paper_world(world, settings)
         sources = describe_sources(world, settings)
         summary.update(diffusion=settings.diffusion, data_root=settings.data_root)

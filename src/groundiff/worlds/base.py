@@ -9,18 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: Worlds the project knows. `shapes` runs anywhere; `voc` / `coco` are the paper's.
-WORLDS: tuple[str, ...] = ("shapes", "voc", "coco")
-
-
-class WorldError(ValueError):
-    """A world, class or split named in params does not exist or is inconsistent."""
-
-
-def check_world_name(name: str) -> str:
-    if name not in WORLDS:
-        raise WorldError(f"unknown world {name!r}; choose one of {', '.join(WORLDS)}")
-    return name
+from groundiff.core.errors import WorldError
+from groundiff.core.schema import WORLDS, check_world_name
 
 
 @dataclass(frozen=True)

@@ -15,21 +15,8 @@ import numpy as np
 import pandas as pd
 
 from groundiff.data.prompts import CLASS_SEP, row_seed
-from groundiff.oracle import Detections
-
-
-@dataclass(frozen=True)
-class FidelityConfig:
-    seed: int = 1234
-    one_per_class: int = 20
-    two_object: int = 200
-    score_threshold: float = 0.5  # a class is "found" by a detection at least this confident
-    template_one: str = "a photograph of a {}"
-    template_two: str = "a photograph of a {} and a {}"
-
-    def __post_init__(self) -> None:
-        if self.one_per_class <= 0 or self.two_object < 0:
-            raise ValueError("one_per_class must be positive and two_object non-negative")
+from groundiff.worlds.oracle import Detections
+from groundiff.core.schema import FidelityConfig
 
 
 def fidelity_prompts(classes: tuple[str, ...], cfg: FidelityConfig) -> pd.DataFrame:

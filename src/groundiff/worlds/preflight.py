@@ -7,46 +7,11 @@ with how to provide it, and `require_paper_world` raises one error carrying the 
 
 from __future__ import annotations
 
+from groundiff.core.paths import looks_like_hub_id
+
+from groundiff.core.schema import OracleParams, PaperWorldParams
 from dataclasses import dataclass, field
 from pathlib import Path
-
-
-@dataclass(frozen=True)
-class OracleParams:
-    backend: str = "torchvision"  # torchvision | mmdet | detectron2
-    weights: str = "torchvision"  # local checkpoint file, or "torchvision" for torchvision's COCO weights
-    arch: str = "maskrcnn_resnet50_fpn_v2"  # torchvision builder name
-    config: str = ""  # mmdet / detectron2 config file
-    min_size: int = 800  # torchvision: images are resized so their short side is this (COCO's 800)
-
-    def __post_init__(self) -> None:
-        if self.min_size <= 0:
-            raise ValueError(f"oracle.min_size must be positive, got {self.min_size}")
-        if self.backend not in ("torchvision", "mmdet", "detectron2"):
-            raise ValueError(f"oracle.backend must be torchvision, mmdet or detectron2, got {self.backend!r}")
-
-
-@dataclass(frozen=True)
-class PaperWorldParams:
-    """params.yaml `voc:` / `coco:`: where the paper world's models and data come from."""
-
-    diffusion: str = "runwayml/stable-diffusion-v1-5"  # hub id (in the local HF cache) or a local folder
-    oracle: OracleParams = field(default_factory=OracleParams)
-    data_root: str = ""  # VOC: .../VOCdevkit/VOC2012; COCO: the folder with annotations/ and train2017/
-    sbd_root: str = ""  # VOC only, optional: SBD's benchmark_RELEASE/dataset (cls/*.mat) -> "train_aug"
-    max_train: int = 0  # world_data: at most this many training images (0 = all), e.g. for a dry run
-    max_val: int = 0  # ... and validation images
-
-    def __post_init__(self) -> None:
-        if self.max_train < 0 or self.max_val < 0:
-            raise ValueError("max_train / max_val must be >= 0 (0 = all images)")
-
-
-def looks_like_hub_id(source: str) -> bool:
-    """'runwayml/stable-diffusion-v1-5' is a hub id; './models/sd', 'models/sd/' or an existing
-    folder is a local path."""
-    return (source.count("/") == 1 and not source.startswith((".", "/")) and not source.endswith("/")
-            and not Path(source).exists())
 
 
 class WorldSetupError(FileNotFoundError):
@@ -178,7 +143,7 @@ def describe_diffusion(source: str) -> dict:
 def describe_oracle(oracle: OracleParams) -> dict:
     """The oracle's backend and checkpoint, with the checkpoint file's sha256."""
     record = {"backend": oracle.backend, "arch": oracle.arch, "weights": oracle.weights,
-              "config": oracle.config or None}
+              "config": oracle.config or None, "min_size": oracle.min_size}
     if oracle.weights != "torchvision":
         record["sha256"] = _sha256(Path(oracle.weights))
     return record

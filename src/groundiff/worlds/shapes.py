@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from groundiff.core.schema import SHAPE_CLASSES
+
 # --- vocabulary -------------------------------------------------------------------------------
 
-#: The shape classes, in label order (label = index + 1; 0 is background).
-CLASSES: tuple[str, ...] = (
-    "circle", "ring", "square", "triangle", "star",
-    "cross", "heart", "crescent", "arrow", "diamond",
-)
+#: The shape classes, in label order (label = index + 1; 0 is background): the params schema's
+#: vocabulary of the shapes world, which this renderer draws.
+CLASSES: tuple[str, ...] = SHAPE_CLASSES
 
 #: Object colours: saturated, far from each other and from every background colour.
 OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {

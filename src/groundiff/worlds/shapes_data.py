@@ -21,24 +21,10 @@ from groundiff.data.coco import COCOWriter
 from groundiff.data.voc import IGNORE, VOCWriter
 from groundiff.worlds.base import ClassSplit
 from groundiff.worlds.shapes import SceneSpec, render_scene
+from groundiff.core.schema import WorldDataConfig
 
 #: Label folder of the train split with every class labelled (only for the `real_all` reference).
 FULL_LABELS = "SegmentationClassFull"
-
-
-@dataclass(frozen=True)
-class WorldDataConfig:
-    seed: int = 0
-    n_train: int = 2000
-    n_val: int = 500
-    min_objects: int = 1
-    max_objects: int = 2
-    image_size: int = 32
-
-    def __post_init__(self) -> None:
-        if self.n_train <= 0 or self.n_val <= 0:
-            raise ValueError(f"n_train and n_val must be positive, got {self.n_train}, {self.n_val}")
-        SceneSpec(image_size=self.image_size, min_objects=self.min_objects, max_objects=self.max_objects)
 
 
 def scene_seed(seed: int, split: str, index: int) -> int:

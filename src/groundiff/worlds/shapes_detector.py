@@ -21,27 +21,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from groundiff import losslog
-from groundiff.checkpoint import fingerprint, resume_or_reset, save_training_state
-from groundiff.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    seed: int = 0
-    steps: int = 3000
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    widths: tuple[int, ...] = (32, 64, 128)
-    fpn_channels: int = 64
-    input_size: int = 64
-    augment: bool = True
-
-    def __post_init__(self) -> None:
-        if self.steps <= 0 or self.batch_size <= 0:
-            raise ValueError(f"steps and batch_size must be positive, got {self.steps}, {self.batch_size}")
+from groundiff.core import losslog
+from groundiff.core.checkpoint import fingerprint, resume_or_reset, save_training_state
+from groundiff.worlds.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
+from groundiff.core.schema import DetectorConfig
 
 
 def load_coco_split(root: Path, split: str) -> list[dict]:

@@ -37,91 +37,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from groundiff import losslog
-from groundiff.checkpoint import fingerprint, load_training_state, save_training_state
+from groundiff.core import losslog
+from groundiff.core.checkpoint import fingerprint, load_training_state, save_training_state
 from groundiff.worlds.shapes import BACKGROUND_COLOURS, CLASSES, OBJECT_COLOURS, Scene, SceneSpec, render_scene
 from groundiff.worlds.tokenizer import build_word_tokenizer
+from groundiff.core.schema import DiffusionConfig, RunOptions
 
 #: Words of the shapes world's captions besides class and colour names.
 TEMPLATE_WORDS = ("a", "an", "photograph", "of", "and", "on", "background", "the", "with")
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """Everything that decides the trained model. Changing any field retrains from scratch."""
-
-    seed: int = 0
-    image_size: int = 32  # pixels; latents have the same size (VAE factor 1)
-    max_objects: int = 2
-    # VAE phase
-    vae_steps: int = 1500
-    vae_batch_size: int = 64
-    vae_lr: float = 2e-3
-    vae_channels: int = 32
-    latent_channels: int = 4
-    # UNet + text encoder phase
-    steps: int = 5000
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    decay_start: float = 0.6  # fraction of `steps` after which lr decays linearly ...
-    final_lr_fraction: float = 0.05  # ... to this fraction of lr
-    weight_decay: float = 0.01
-    ema_decay: float = 0.995
-    uncond_prob: float = 0.1  # caption dropout, for classifier-free guidance
-    colour_prob: float = 0.5  # captions name colours ("a red star") with this probability
-    background_prob: float = 0.25  # ... and the background ("on a gray background")
-    block_out_channels: tuple[int, ...] = (32, 96, 128)
-    layers_per_block: int = 1
-    attention_heads: int = 8
-    text_width: int = 64
-    text_layers: int = 2
-    text_heads: int = 4
-    max_length: int = 24  # tokens, including <bos> and <eos>
-    train_timesteps: int = 1000
-    # Second cycle (warm restart from the first cycle's EMA weights); 0 steps = none.
-    finetune_steps: int = 0
-    finetune_lr: float = 4e-4
-    finetune_snr_gamma: float = 0.0  # Min-SNR-gamma loss weight min(SNR, gamma) / SNR; 0 = plain MSE
-    finetune_batch_size: int = 0  # 0 = batch_size; a GPU is launch-bound here, so larger batches are ~free
-
-    def __post_init__(self) -> None:
-        for name in ("vae_steps", "steps", "batch_size", "vae_batch_size", "image_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if (self.finetune_steps < 0 or self.finetune_lr <= 0 or self.finetune_snr_gamma < 0
-                or self.finetune_batch_size < 0):
-            raise ValueError("finetune_steps must be >= 0, finetune_lr > 0, finetune_snr_gamma >= 0 and "
-                             "finetune_batch_size >= 0 (0 = batch_size), got "
-                             f"{self.finetune_steps}, {self.finetune_lr}, {self.finetune_snr_gamma}, "
-                             f"{self.finetune_batch_size}")
-        if not 0 <= self.uncond_prob < 1:
-            raise ValueError(f"uncond_prob must be in [0, 1), got {self.uncond_prob}")
-        if self.image_size % 2 ** (len(self.block_out_channels) - 1):
-            raise ValueError(
-                f"image_size {self.image_size} must be divisible by 2^(levels-1) = "
-                f"{2 ** (len(self.block_out_channels) - 1)} for block_out_channels {self.block_out_channels}"
-            )
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run training; none of these change the result (up to floating-point noise)."""
-
-    device: str = "cpu"
-    mixed_precision: str = "bf16"  # "no" or "bf16" (CPU with AVX512-BF16, or CUDA)
-    num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
-    checkpoint_every: int = 100  # steps
-    log_every: int = 20  # steps
-    data_workers: int = 0  # processes rendering batches ahead (0: in the training loop); 8 fed an H200
-
-    def __post_init__(self) -> None:
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        if self.checkpoint_every <= 0 or self.log_every <= 0:
-            raise ValueError("checkpoint_every and log_every must be positive")
-        if self.data_workers < 0:
-            raise ValueError(f"data_workers must be >= 0, got {self.data_workers}")
 
 
 # --- components -------------------------------------------------------------------------------

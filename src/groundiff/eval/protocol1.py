@@ -22,7 +22,7 @@ methods are scored on exactly the same (image, class) pairs.
 
     ours: sigmoid(grounding logits) > mask_threshold (0.5)
     DAAM: min-max normalised heat map > daam_threshold (0.4)
-    mIoU: mean IoU over a category's (image, class) pairs, in percent (see `groundiff.metrics`)
+    mIoU: mean IoU over a category's (image, class) pairs, in percent (see `groundiff.eval.metrics`)
 
 Ours is also scored at the other thresholds of `THRESHOLD_GRID` (the threshold sweep in the
 details and the report). Its seen-class row is how `synth_dataset.threshold` is chosen without
@@ -49,8 +49,9 @@ from groundiff.diffusion.daam import DAAMTrace
 from groundiff.diffusion.pipeline import SamplingConfig, generate, image_size
 from groundiff.diffusion.text import class_embeddings
 from groundiff.figures import captioned_grid, overlay
-from groundiff.metrics import mean_iou, pairwise_iou
+from groundiff.eval.metrics import mean_iou, pairwise_iou
 from groundiff.worlds.base import ClassSplit
+from groundiff.core.schema import EvalConfig
 
 #: Table 1's columns, in the paper's order.
 CATEGORIES: tuple[str, ...] = ("one_seen", "one_unseen", "two_seen", "two_seen_unseen", "two_unseen")
@@ -71,35 +72,6 @@ THRESHOLD_GRID: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 PAIR_COLUMNS = ["index", "category", "prompt", "seed", "k", "class", "seen", "found", "score",
                 "iou_ours", "iou_daam"]
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """params.yaml `eval_grounding`: the Protocol I test set and how it is scored."""
-
-    seed: int = 2023  # the test prompts' own seed stream; must differ from the training prompts' seed
-    per_category: int = 80  # test images per category (five categories)
-    # the paper samples test images with guidance 7.5 (5.0 for training data), DDIM eta 0
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(guidance_scale=7.5))
-    capture_t: int = 1  # feature step counted from the end: 1 = final (released code), 5 = paper's best
-    mask_threshold: float = 0.5  # ours: pixel in the mask when sigmoid(logit) > this
-    daam_threshold: float = 0.4  # DAAM: pixel in the mask when the normalised heat map > this
-    oracle_score_threshold: float = 0.05  # a prompted class counts as found from this detector score on
-    examples_per_category: int = 2  # (image, class) pairs per category kept for the overlay figure
-    template_one: str = "a photograph of a {}"
-    template_two: str = "a photograph of a {} and a {}"
-
-    def __post_init__(self) -> None:
-        if self.per_category <= 0:
-            raise ValueError(f"per_category must be a positive number of images, got {self.per_category}")
-        if self.examples_per_category < 0:
-            raise ValueError(f"examples_per_category must be >= 0, got {self.examples_per_category}")
-        for name in ("mask_threshold", "daam_threshold", "oracle_score_threshold"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.template_one.count("{}") != 1 or self.template_two.count("{}") != 2:
-            raise ValueError("template_one needs one '{}' and template_two two '{}' placeholders")
-        capture_call_for(self.sampling.steps, self.capture_t)  # 1 <= capture_t <= steps
 
 
 # --- 1. the test prompts ----------------------------------------------------------------------

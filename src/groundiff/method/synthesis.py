@@ -18,22 +18,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from groundiff.checkpoint import write_text_atomic
+from groundiff.core.checkpoint import write_text_atomic
 from groundiff.data.shards import complete_shards, shard_name, write_shard
 from groundiff.diffusion.capture import FeatureCapture, capture_call_for
 from groundiff.diffusion.pipeline import SamplingConfig, generate
-
-
-@dataclass(frozen=True)
-class SynthesisConfig:
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    capture_t: int = 1  # steps counted from the end; 1 = final step (released code), 5 = paper's best
-    shard_size: int = 100  # rows per shard: the unit of resumption and of distribution
-
-    def __post_init__(self) -> None:
-        if self.shard_size <= 0:
-            raise ValueError(f"shard_size must be positive, got {self.shard_size}")
-        capture_call_for(self.sampling.steps, self.capture_t)  # validates the range
+from groundiff.core.schema import SynthesisConfig
 
 
 def table_fingerprint(table: pd.DataFrame, cfg: SynthesisConfig, model_id: str) -> str:
@@ -159,7 +148,7 @@ def synthesize(pipe, table: pd.DataFrame, cfg: SynthesisConfig, root: Path, mode
                shards: list[int] | None = None) -> dict:
     """Write every (or the listed) shard of `table` under `root`, skipping finished ones.
 
-    Serial, in this process; `groundiff.distributed.synthesize_distributed` runs the same plan
+    Serial, in this process; `groundiff.method.distributed.synthesize_distributed` runs the same plan
     and the same per-shard function on a Dask cluster.
     """
     plan = plan_synthesis(table, cfg, root, model_id, shards)

@@ -1,5 +1,5 @@
 """The grounding module: UNet features + class embeddings -> per-class mask logits."""
 
-from groundiff.grounding.model import GroundingConfig, GroundingModule, MixConv
+from groundiff.method.grounding.model import GroundingConfig, GroundingModule, MixConv
 
 __all__ = ["GroundingConfig", "GroundingModule", "MixConv"]

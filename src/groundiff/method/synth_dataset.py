@@ -27,46 +27,18 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from groundiff.checkpoint import write_text_atomic
+from groundiff.core.checkpoint import write_text_atomic
 from groundiff.data.prompts import CLASS_SEP, row_seed
 from groundiff.data.voc import IGNORE, save_label_png
 from groundiff.diffusion.capture import FeatureCapture, capture_call_for
 from groundiff.diffusion.features import feature_specs
 from groundiff.diffusion.pipeline import SamplingConfig, generate, image_size
 from groundiff.diffusion.text import class_embeddings
-from groundiff.synthesis import ShardPlan, check_shards, prepare_output, shard_rows
+from groundiff.method.synthesis import ShardPlan, check_shards, prepare_output, shard_rows
 from groundiff.worlds.base import ClassSplit
+from groundiff.core.schema import SynthDatasetConfig
 
 KINDS = ("one", "two", "complicated")
-
-
-@dataclass(frozen=True)
-class SynthDatasetConfig:
-    seed: int = 7  # its own prompt stream, apart from training and test prompts
-    n_one: int = 1000  # one-object prompts (Model A)
-    n_two: int = 1000  # two-object prompts (Model B; A+B = the mixture, Model C)
-    n_complicated: int = 500  # richer prompts (Model E)
-    threshold: float = 0.5  # background where no prompted class has sigmoid(logit) >= threshold
-    ignore_below: float = 0.5  # 255 where the best class has ignore_below <= p < threshold
-    capture_t: int = 1  # the grounding module's capture step (as in synthesize)
-    template_one: str = "a photograph of a {}"
-    template_two: str = "a photograph of a {} and a {}"
-    # Complicated prompts: each class gets an attribute, and the scene a context, e.g.
-    # "a photograph of a red star and a blue ring on a gray background".
-    attributes: list[str] = field(default_factory=list)
-    contexts: list[str] = field(default_factory=list)
-    grounding_template: str = "a photograph of a {}"  # how class embeddings are made (training's)
-    shard_size: int = 100
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-
-    def __post_init__(self) -> None:
-        if min(self.n_one, self.n_two, self.n_complicated) < 0 or self.n_one + self.n_two + self.n_complicated == 0:
-            raise ValueError("n_one, n_two, n_complicated must be >= 0 and not all zero")
-        if not 0.0 < self.ignore_below <= self.threshold < 1.0:
-            raise ValueError(f"need 0 < ignore_below <= threshold < 1, got {self.ignore_below}, {self.threshold}")
-        if self.shard_size <= 0:
-            raise ValueError(f"shard_size must be positive, got {self.shard_size}")
-        capture_call_for(self.sampling.steps, self.capture_t)
 
 
 def synth_prompts(classes: tuple[str, ...], cfg: SynthDatasetConfig) -> pd.DataFrame:
@@ -235,7 +207,7 @@ def synth_dataset(pipe, module, split: ClassSplit, cfg: SynthDatasetConfig, root
                   model_ids: list[str], shards: list[int] | None = None) -> dict:
     """Build (or resume) the dataset under `root`, serially in this process; returns statistics.
 
-    `groundiff.distributed.synth_dataset_distributed` runs the same plan and `make_shard` on a
+    `groundiff.method.distributed.synth_dataset_distributed` runs the same plan and `make_shard` on a
     Dask cluster.
     """
     check_models(pipe, module)

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from groundiff.protocol1 import CATEGORIES as P1_KEYS
-from groundiff.protocol1 import PAPER_PASCAL_SIM
-from groundiff.zs3 import PAPER_TABLE2_VOC
+from groundiff.eval.protocol1 import CATEGORIES as P1_KEYS
+from groundiff.eval.protocol1 import PAPER_PASCAL_SIM
+from groundiff.eval.zs3 import PAPER_TABLE2_VOC
 
 P1_HEAD = ("one seen", "one unseen", "two seen", "two seen+unseen", "two unseen")
 #: The paper's Protocol I rows (PASCAL-sim, average of 3 splits), in table order.

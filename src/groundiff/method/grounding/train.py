@@ -42,17 +42,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from groundiff import losslog
-from groundiff.checkpoint import fingerprint, load_training_state, read_meta, save_training_state
+from groundiff.core import losslog
+from groundiff.core.checkpoint import fingerprint, load_training_state, read_meta, save_training_state
 from groundiff.data.shards import complete_shards, read_shard
 from groundiff.diffusion.capture import replay_features
 from groundiff.diffusion.pipeline import image_size
 from groundiff.diffusion.text import class_embeddings
-from groundiff.grounding.model import GroundingConfig, GroundingModule
-from groundiff.pseudo_label import load_mask, read_labels
+from groundiff.method.grounding.model import GroundingConfig, GroundingModule
+from groundiff.method.pseudo_label import load_mask, read_labels
+from groundiff.core.schema import STRATEGIES, TrainConfig, check_strategy
 
-#: Ways to treat a prompted class the oracle did not find (PAPER.md, "Training").
-STRATEGIES = ("without_zero_masks", "normal")
 
 STATE_NAME = "state.safetensors"  # resumable training state in the work dir
 LOG_NAME = "log.csv"  # per-step loss (columns step, loss) in the work dir
@@ -60,77 +59,6 @@ LOG_NAME = "log.csv"  # per-step loss (columns step, loss) in the work dir
 #: TrainConfig fields that change how a run is carried out, not its result.
 _RUN_OPTIONS = ("checkpoint_every", "log_every")
 
-
-def check_strategy(strategy: str) -> None:
-    if strategy not in STRATEGIES:
-        raise ValueError(
-            f"unknown training strategy {strategy!r}: use 'without_zero_masks' (a class the oracle "
-            "missed gives no loss; the paper's better variant) or 'normal' (it is supervised with "
-            "an all-zero mask)"
-        )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How the grounding module is trained. Every field but the run options decides the result."""
-
-    # the paper's seed: the module's initial weights and the shuffle order of every epoch
-    seed: int = 42
-    # "without_zero_masks" (missed classes give no loss; the paper's better variant) or
-    # "normal" (missed classes are supervised with an all-zero mask)
-    strategy: str = "without_zero_masks"
-    # Adam learning rate. The paper: 1e-5 at batch 1 for up to 500k online iterations. A CPU
-    # budget allows ~500 steps: 10x larger here. In a 200-step trial (batch 8, shapes-size UNet)
-    # 1e-4 beat 1e-5 (held-out mIoU 0.43 vs 0.36); 1e-3 diverged briefly and ended no better
-    lr: float = 1e-4
-    # images per step (the paper: 1); the loss is divided by it
-    batch_size: int = 8
-    # optimisation steps (batches) in all; epochs = steps * batch_size / images
-    steps: int = 500
-    # prompt that places each class name for its embedding (the paper's)
-    template: str = "a photograph of a {}"
-    # train on the seen classes only (the zero-shot protocol); False keeps every prompted class
-    seen_only: bool = True
-    # transformer decoder width (the paper: 512)
-    d_model: int = 512
-    # decoder attention heads (the paper: 8)
-    n_heads: int = 8
-    # decoder FFN hidden width (the paper: 2048)
-    ffn_dim: int = 2048
-    # decoder layers (the paper: 3)
-    n_layers: int = 3
-    # 1x1-conv widths of the visual encoder's buckets, lowest resolution first; () = the paper's
-    # (16, 32, 64, 128), its last n for a UNet with n buckets (the shapes UNet: 3)
-    bucket_widths: tuple[int, ...] = ()
-    # standardise the class embeddings on the training classes' mean and spread (not in the
-    # paper; GroundingModule.set_text_statistics says why). False: the raw hidden states
-    standardize_text: bool = False
-    # run option: save a resumable state every this many steps (and at the end)
-    checkpoint_every: int = 50
-    # run option: report the mean loss (progress bar, `on_log`, CSV flush) every this many steps
-    log_every: int = 10
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "bucket_widths", tuple(self.bucket_widths))  # YAML gives a list
-        check_strategy(self.strategy)
-        for name in ("batch_size", "steps", "d_model", "n_heads", "ffn_dim", "n_layers",
-                     "checkpoint_every", "log_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
-        if any(w <= 0 for w in self.bucket_widths):
-            raise ValueError(f"bucket_widths must be positive, got {self.bucket_widths}")
-        if self.template.count("{}") != 1:
-            raise ValueError(f"template needs exactly one '{{}}' for the class name, got {self.template!r}")
-
-    def model_overrides(self) -> dict:
-        """The GroundingConfig fields this config sets."""
-        return {"d_model": self.d_model, "n_heads": self.n_heads, "ffn_dim": self.ffn_dim,
-                "n_layers": self.n_layers, "bucket_widths": self.bucket_widths,
-                "standardize_text": self.standardize_text}
 
 
 # --- 1. data ------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ and whether real training images come along:
     real_all   real images with every class labelled: an oracle upper bound
 
 Scoring. Real `val` labels every class. Pixels are accumulated in one confusion matrix over the
-split (`groundiff.metrics`); per-class IoU, mIoU over the seen and over the unseen classes, and
+split (`groundiff.eval.metrics`); per-class IoU, mIoU over the seen and over the unseen classes, and
 their harmonic mean hIoU, all in percent. Background: the paper's Table 2 copies ZegFormer's VOC
 numbers, and ZegFormer evaluates VOC over its 20 object classes with background pixels ignored;
 `background="ignore"` (default) does the same — ground-truth background is skipped, so only
@@ -33,32 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-from groundiff.data.voc import IGNORE, read_split, voc_palette
+from groundiff.data.voc import IGNORE, RealData, read_split, voc_palette
 from groundiff.figures import MAX_TILE, captioned_grid
-from groundiff.metrics import class_iou, confusion_matrix, zero_shot_scores
+from groundiff.eval.metrics import class_iou, confusion_matrix, zero_shot_scores
 from groundiff.segmenter import DataSource, Segmenter
 from groundiff.worlds.base import ClassSplit
+from groundiff.core.schema import BACKGROUND_MODES, REAL_MODES, VariantSpec
 
-REAL_MODES = ("none", "seen", "all")
-BACKGROUND_MODES = ("ignore", "seen")
-
-
-@dataclass(frozen=True)
-class VariantSpec:
-    """One Protocol II training set: synthetic splits + real data."""
-
-    synthetic: list[str] = field(default_factory=list)  # split names of the synthetic dataset, in order
-    real: str = "none"  # none | seen (unseen classes hidden) | all (every class labelled: oracle)
-    real_share: float | None = None  # with real and synthetic data: the real images' share of the
-    # samples (None: in proportion to their number)
-
-    def __post_init__(self) -> None:
-        if self.real not in REAL_MODES:
-            raise ValueError(f"real: {self.real!r} is not one of {', '.join(REAL_MODES)}")
-        if not self.synthetic and self.real == "none":
-            raise ValueError("a variant needs data: list synthetic splits or set real to seen/all")
-        if self.real_share is not None and not (self.synthetic and self.real != "none" and 0 < self.real_share < 1):
-            raise ValueError(f"real_share {self.real_share} needs both real and synthetic data and 0 < real_share < 1")
 
 
 #: The paper's variants (Table 2) and two real-data references.
@@ -83,16 +64,6 @@ PAPER_TABLE2_VOC: dict[str, tuple[float, float, float]] = {
     "Model-D": (83.0, 71.3, 76.7),
     "Model-E": (83.4, 74.4, 78.7),
 }
-
-
-@dataclass(frozen=True)
-class RealData:
-    """Where a world's real training images live and which label folders show what."""
-
-    root: str  # VOC-layout folder
-    split: str = "train"  # training split list
-    seen_labels: str = "SegmentationClass"  # labels for the seen-only variants (unseen also hidden at load)
-    full_labels: str = "SegmentationClass"  # labels with every class (shapes: SegmentationClassFull)
 
 
 def variant_sources(spec: VariantSpec, split: ClassSplit, real: RealData, synth_root: str | Path) -> list[DataSource]:

@@ -39,31 +39,10 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from groundiff.config import ParamsError
-from groundiff.synthesis import SynthesisConfig, plan_synthesis, shard_rows, synthesis_stats, write_synthesis_shard
+from groundiff.core.params import ParamsError
+from groundiff.method.synthesis import SynthesisConfig, plan_synthesis, shard_rows, synthesis_stats, write_synthesis_shard
+from groundiff.core.schema import DistributedConfig
 
-_ADDRESS = re.compile(r"^(tcp|tls)://\S+$")
-
-
-@dataclass(frozen=True)
-class DistributedConfig:
-    """params.yaml `distributed`: where the shards of synthesize / synth_dataset are generated."""
-
-    scheduler: str = ""  # "" = serial in-process; "local" = LocalCluster; "tcp://host:8786" = a scheduler
-    n_workers: int = 2  # LocalCluster worker processes (one thread each); unused with an address
-
-    def __post_init__(self) -> None:
-        if self.scheduler not in ("", "local") and not _ADDRESS.match(self.scheduler):
-            raise ValueError(
-                f"scheduler {self.scheduler!r} is not one of \"\" (serial), \"local\" (a LocalCluster) "
-                "or a scheduler address like \"tcp://host:8786\""
-            )
-        if self.n_workers < 1:
-            raise ValueError(f"n_workers must be >= 1, got {self.n_workers}")
-
-    @property
-    def serial(self) -> bool:
-        return self.scheduler == ""
 
 
 class ClusterError(ParamsError):
@@ -148,7 +127,7 @@ def _pipeline(source: str, device: str):
 
 
 def _grounding(folder: str, device: str):
-    from groundiff.grounding import GroundingModule
+    from groundiff.method.grounding import GroundingModule
 
     return _cached("grounding", (folder, device, _stamp(folder)),
                    lambda: GroundingModule.from_pretrained(folder, device=device))
@@ -165,7 +144,7 @@ def _synthesis_task(source: str, device: str, rows: pd.DataFrame, cfg: Synthesis
 
 
 def _dataset_models(source: str, grounding: str, device: str, split, cfg):
-    from groundiff.synth_dataset import check_models, dataset_embeddings
+    from groundiff.method.synth_dataset import check_models, dataset_embeddings
 
     pipe, module = _pipeline(source, device), _grounding(grounding, device)
     check_models(pipe, module)
@@ -179,7 +158,7 @@ def _check_dataset_task(source: str, grounding: str, device: str, split, cfg) ->
 
 def _dataset_task(source: str, grounding: str, device: str, split, cfg, rows: pd.DataFrame, root: str,
                   shard: int) -> int:
-    from groundiff.synth_dataset import make_shard
+    from groundiff.method.synth_dataset import make_shard
 
     pipe, module, embeddings = _dataset_models(source, grounding, device, split, cfg)
     make_shard(pipe, module, rows, split, cfg, embeddings, Path(root), shard)
@@ -256,7 +235,7 @@ def synth_dataset_distributed(source: str | Path, grounding: str | Path, split, 
 
     source / grounding: the pipeline and the grounding-module folder each worker loads.
     """
-    from groundiff.synth_dataset import dataset_stats, plan_dataset
+    from groundiff.method.synth_dataset import dataset_stats, plan_dataset
 
     source, grounding, root = _local(source), _local(grounding), Path(root).resolve()
     with _client_for(dist, client, timeout) as c:

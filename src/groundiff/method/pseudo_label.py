@@ -22,21 +22,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from groundiff.data.shards import complete_shards, read_shard
-from groundiff.oracle import Oracle
+from groundiff.worlds.oracle import Oracle
+from groundiff.core.schema import PseudoLabelConfig
 
 LABEL_COLUMNS = ["index", "k", "class", "found", "score"]
-
-
-@dataclass(frozen=True)
-class PseudoLabelConfig:
-    score_threshold: float = 0.05  # the paper's detector threshold
-    batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.score_threshold < 1.0:
-            raise ValueError(f"score_threshold must be in [0, 1), got {self.score_threshold}")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
 
 
 def label_shard(oracle: Oracle, shard: Path, out: Path, cfg: PseudoLabelConfig) -> pd.DataFrame:

@@ -142,7 +142,7 @@ def resume_or_reset(work_dir: Path, fp: str, modules: dict, optimizers: dict, lo
     loss log cut back to that step; for another fingerprint (other params or data) the stale
     state and log are deleted and 0 is returned.
     """
-    from groundiff import losslog
+    from groundiff.core import losslog
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.nn.utils.parametrizations import spectral_norm
 
-from groundiff.checkpoint import atomic_path, write_text_atomic
+from groundiff.core.checkpoint import atomic_path, write_text_atomic
 from groundiff.diffusion.features import FeatureSpec, buckets, feature_specs
 
 CONFIG_NAME = "config.json"

@@ -9,7 +9,7 @@ Protocol I — grounding on generated images, the oracle's masks as ground truth
     Both masks empty -> IoU 1 (nothing to find and nothing predicted is a perfect answer); one
     empty, the other not -> 0. In Protocol I the empty-target case only arises when the oracle
     reports an instance whose thresholded mask is empty; a class the oracle misses entirely is
-    excluded before any IoU is taken (see `groundiff.protocol1`).
+    excluded before any IoU is taken (see `groundiff.eval.protocol1`).
 
 Protocol II — zero-shot semantic segmentation over label maps (standard VOC / COCO-stuff):
     Pixels are accumulated over the whole dataset in a confusion matrix (rows = ground truth,

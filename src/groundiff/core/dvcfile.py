@@ -1,0 +1,92 @@
+"""dvc.yaml, read the way DVC reads it: `foreach` groups expanded to `<group>@<item>` stages and
+`${...}` templates filled from params.yaml. The stage layer asks it which params keys a stage
+declares; tests ask it for every stage's deps and outs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from groundiff.core.errors import ParamsError
+
+_TEMPLATE = re.compile(r"\$\{\s*([\w.]+)\s*\}")
+
+
+@dataclass(frozen=True)
+class DvcStage:
+    name: str  # e.g. "prompts", "train_segmenter@A"
+    cmd: str
+    deps: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()  # params.yaml keys (templates filled)
+    outs: tuple[str, ...] = ()  # outs, metrics and plots
+    extra: dict = field(default_factory=dict)
+
+
+def _lookup(key: str, context: dict[str, Any]) -> Any:
+    value: Any = context
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ParamsError(f"dvc.yaml uses ${{{key}}}, but params.yaml has no {key}")
+        value = value[part]
+    return value
+
+
+def _fill(value: Any, context: dict[str, Any]) -> Any:
+    if isinstance(value, str):
+        return _TEMPLATE.sub(lambda m: str(_lookup(m.group(1), context)), value)
+    if isinstance(value, list):
+        return [_fill(v, context) for v in value]
+    if isinstance(value, dict):
+        return {_fill(k, context): _fill(v, context) for k, v in value.items()}
+    return value
+
+
+def _names(entries: list | None) -> tuple[str, ...]:
+    """Paths or keys of a deps / params / outs list (an entry may be a one-key mapping with options)."""
+    out: list[str] = []
+    for entry in entries or []:
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                # params may be grouped by file: {"other.yaml": [keys]}; outs carry options
+                out.extend(value if isinstance(value, list) else [key])
+        else:
+            out.append(str(entry))
+    return tuple(out)
+
+
+def read_stages(dvc_yaml: str | Path = "dvc.yaml", params: dict[str, Any] | None = None) -> dict[str, DvcStage]:
+    """Every stage of dvc.yaml, `foreach` expanded, templates filled from `params` (params.yaml's mapping)."""
+    path = Path(dvc_yaml)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found. Run from the project root (where dvc.yaml is).")
+    spec = yaml.safe_load(path.read_text()) or {}
+    params = params if params is not None else (yaml.safe_load(Path(path.parent / "params.yaml").read_text())
+                                                if (path.parent / "params.yaml").is_file() else {})
+    stages: dict[str, DvcStage] = {}
+    for group, body in (spec.get("stages") or {}).items():
+        if "foreach" in body:
+            items = [(f"{group}@{item}", {**params, "item": item}) for item in body["foreach"]]
+            body = body["do"]
+        else:
+            items = [(group, params)]
+        for name, context in items:
+            filled = _fill(body, context)
+            stages[name] = DvcStage(
+                name=name, cmd=filled.get("cmd", ""), deps=_names(filled.get("deps")),
+                params=_names(filled.get("params")),
+                outs=_names(filled.get("outs")) + _names(filled.get("metrics")) + _names(filled.get("plots")),
+            )
+    return stages
+
+
+def declared_params(stage: str, dvc_yaml: str | Path = "dvc.yaml", params: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """The params.yaml keys dvc.yaml declares for `stage`."""
+    stages = read_stages(dvc_yaml, params)
+    if stage not in stages:
+        raise ParamsError(f"dvc.yaml has no stage {stage!r}; it has: {', '.join(stages)}")
+    return stages[stage].params
