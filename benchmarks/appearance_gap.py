@@ -1,8 +1,8 @@
 """Is a synthetic-only variant held back by how real images *look*, or by the shapes it learned?
 
-    python benchmarks/appearance_gap.py                      # C, on 600 real train images
-    python benchmarks/appearance_gap.py --variants A B C --images 1000
-    python benchmarks/appearance_gap.py --figure reports/figures/generated_two_object_reading.png
+    python -m benchmarks.appearance_gap                      # C, on 600 real train images
+    python -m benchmarks.appearance_gap --variants A B C --images 1000
+    python -m benchmarks.appearance_gap --figure reports/figures/generated_two_object_reading.png
 
 A variant trained on generated images only (A, B, C) has never seen a real training image, so the
 real *train* split is held-out data for it (val is not read). This scores the pipeline's trained
@@ -91,13 +91,15 @@ def main() -> None:
     from groundiff.data.voc import IGNORE, read_split
     from groundiff.eval.metrics import confusion_matrix
     from groundiff.segmenter import Segmenter
-    from groundiff.stages.common import Params, real_data
-    from groundiff.stages.train_segmenter import MODELS, SYNTH, TrainSegmenterParams
+    from groundiff.core.params import Params
+    from groundiff.core.paths import SEGMENTERS as MODELS, SYNTH_SEGMENTATION as SYNTH
     from groundiff.eval.zs3 import prediction_figure, score_confusion
+    from groundiff.worlds.active import World
 
     params = Params()
-    split, real = params.class_split(), real_data(params)
-    variants = params.section("train_segmenter", TrainSegmenterParams)
+    world = World(params)
+    split, real = world.split, world.real_data
+    variants = params.section("train_segmenter")
     for name in args.variants:
         if variants.variant(name).real != "none":
             parser.error(f"{name} trained on the real train images, so they are not held out for it; "

@@ -1,8 +1,8 @@
 """Synthesis throughput on a Dask LocalCluster: 2 workers vs 1, measured in one run.
 
-    python benchmarks/distributed_synthesis.py                      # the shapes world's model
-    python benchmarks/distributed_synthesis.py --images 40 --steps 5  # a quick smoke run
-    python benchmarks/distributed_synthesis.py --workers 1 2 4 --pipeline worlds/shapes/diffusion
+    python -m benchmarks.distributed_synthesis                      # the shapes world's model
+    python -m benchmarks.distributed_synthesis --images 40 --steps 5  # a quick smoke run
+    python -m benchmarks.distributed_synthesis --workers 1 2 4 --pipeline worlds/shapes/diffusion
 
 For each worker count it starts a LocalCluster (one thread per worker), loads the pipeline on
 every worker (not timed: a worker loads it once and keeps it), then times

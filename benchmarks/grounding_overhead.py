@@ -1,8 +1,8 @@
 """What grounding costs on top of generation, measured in one run (ratios, not absolute times).
 
-    python benchmarks/grounding_overhead.py                     # the shapes world's models
-    python benchmarks/grounding_overhead.py --batch 10 --rounds 3   # a quick smoke run
-    python benchmarks/grounding_overhead.py --precision bf16        # as the pipeline samples (bf16 UNet)
+    python -m benchmarks.grounding_overhead                     # the shapes world's models
+    python -m benchmarks.grounding_overhead --batch 10 --rounds 3   # a quick smoke run
+    python -m benchmarks.grounding_overhead --precision bf16        # as the pipeline samples (bf16 UNet)
 
 Three numbers, each with its goal:
 1. feature-capture overhead: the pipeline call with FeatureCapture's hooks on vs off (goal <= 1.05x).

@@ -1,7 +1,7 @@
 """How much of a synthetic variant's gap to real_all do the grounding module's labels explain?
 
-    python benchmarks/oracle_labels.py                              # C, seeds 0-4, two at a time
-    python benchmarks/oracle_labels.py --variants C D --seeds 0 1 --workers 2
+    python -m benchmarks.oracle_labels                              # C, seeds 0-4, two at a time
+    python -m benchmarks.oracle_labels --variants C D --seeds 0 1 --workers 2
 
 The synthetic dataset's images stay as they are; only their labels change, to what the world's
 oracle detector finds in them: for each class the prompt names, the oracle's top-scoring instance
@@ -9,7 +9,7 @@ of that class with score >= --min-score, painted in increasing score order over 
 class the oracle misses stays background). These are the labels of a grounding module that agreed
 with the oracle everywhere, the reference Protocol I scores against. Each (variant, seed) then
 trains on the relabelled copy exactly as `train_segmenter@<variant>` does and is scored as
-`eval_zs3` scores it (`segmenter_seeds.train_and_score`). Scoring on the val split is fine here:
+`eval_zs3` scores it (`_common.train_and_score`). Scoring on the val split is fine here:
 this is a diagnosis, and nothing is chosen from it.
 
 If the oracle's labels lift the variant little, the labels are not what holds it back: the
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._common import train_and_score
 from groundiff.worlds.oracle import Detections
 
 
@@ -57,20 +58,22 @@ def relabel(dst: Path, min_score: float, batch: int = 50) -> float:
 
     from groundiff.data.prompts import CLASS_SEP
     from groundiff.data.voc import load_label_png, save_label_png
-    from groundiff.stages.common import Params, load_oracle, world_pipeline
-    from groundiff.stages.synth_dataset import GROUNDING, OUT
-    from groundiff.method.synth_dataset import SynthDatasetConfig, _fingerprint, synth_prompts
+    from groundiff.core.params import Params
+    from groundiff.core.paths import GROUNDING, SYNTH_SEGMENTATION as OUT
+    from groundiff.method.synth_dataset import _fingerprint, synth_prompts
     from groundiff.method.synthesis import _read_fingerprint, model_fingerprint
+    from groundiff.worlds.active import World
 
     params = Params()
-    split, cfg = params.class_split(), params.section("synth_dataset", SynthDatasetConfig)
+    world = World(params)
+    split, cfg = world.split, params.section("synth_dataset")
     table = synth_prompts(split.classes, cfg)
     marker = OUT / "synth_dataset.json"
-    want = _fingerprint(table, cfg, [model_fingerprint(world_pipeline(params)), model_fingerprint(GROUNDING)])
+    want = _fingerprint(table, cfg, [model_fingerprint(world.pipeline), model_fingerprint(GROUNDING)])
     if _read_fingerprint(marker) != want:
         raise SystemExit(f"{OUT} was not made with the current params and models: run `dvc repro synth_dataset` first")
     shutil.copytree(OUT, dst)
-    oracle = load_oracle(params, score_threshold=min_score)
+    oracle = world.load_oracle(score_threshold=min_score)
     label_of = {c: split.label(c) for c in split.classes}
     agree, total = 0, 0
     for start in range(0, len(table), batch):
@@ -92,9 +95,6 @@ def main() -> None:
     parser.add_argument("--min-score", type=float, default=0.5, help="oracle score an instance needs to be a label")
     parser.add_argument("--workers", type=int, default=2, help="trainings at once (one CPU thread each)")
     args = parser.parse_args()
-
-    # segmenter_seeds sits beside this script, so it is on the path when run as one
-    from segmenter_seeds import train_and_score
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "segmentation"

@@ -1,9 +1,9 @@
 """Fidelity and speed of the world's diffusion model against DDIM steps and guidance, in one run.
 
-    python benchmarks/sampling_steps.py                            # 25 vs 15 vs 10 steps, 200 prompts
-    python benchmarks/sampling_steps.py --steps 25 15 --per-class 10 --two-object 100
-    python benchmarks/sampling_steps.py --steps 25 --guidance 3 5 7.5 --prompt-seed 99
-    python benchmarks/sampling_steps.py --steps 25 --precision fp32 bf16
+    python -m benchmarks.sampling_steps                            # 25 vs 15 vs 10 steps, 200 prompts
+    python -m benchmarks.sampling_steps --steps 25 15 --per-class 10 --two-object 100
+    python -m benchmarks.sampling_steps --steps 25 --guidance 3 5 7.5 --prompt-seed 99
+    python -m benchmarks.sampling_steps --steps 25 --precision fp32 bf16
 
 Every setting (each step count with each guidance scale and precision) generates the same seeded prompts as
 `world_fidelity` (a prefix of them: the first `--per-class` one-object prompts of each class and
@@ -39,21 +39,22 @@ def main() -> None:
     args = parser.parse_args()
 
     from groundiff.diffusion.pipeline import generate, load_pipeline
-    from groundiff.stages.common import Params, load_oracle, world_pipeline
-    from groundiff.stages.world_fidelity import WorldFidelityParams
+    from groundiff.core.params import Params
+    from groundiff.worlds.active import World
     from groundiff.worlds.fidelity import fidelity_metrics, fidelity_prompts
 
     params = Params()
-    p = params.section("world_fidelity", WorldFidelityParams)
-    classes = params.class_split().classes
+    world = World(params)
+    p = params.section("world_fidelity")
+    classes = world.split.classes
     prompts = p.prompts if args.prompt_seed is None else replace(p.prompts, seed=args.prompt_seed)
     full = fidelity_prompts(classes, prompts)
     n = p.prompts.one_per_class
     one = [c * n + j for c in range(len(classes)) for j in range(min(args.per_class, n))]
     two = list(range(len(classes) * n, len(full)))[:args.two_object]
     table = full.iloc[one + two].reset_index(drop=True)
-    pipe = load_pipeline(world_pipeline(params), params.world.device)
-    oracle = load_oracle(params)
+    pipe = load_pipeline(world.pipeline, params.world.device)
+    oracle = world.load_oracle()
     rows = []
     guidances = [p.sampling.guidance_scale] if args.guidance is None else args.guidance
     precisions = [p.sampling.precision] if args.precision is None else args.precision

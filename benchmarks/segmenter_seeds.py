@@ -1,11 +1,11 @@
 """How much of a Protocol II number is the variant, and how much the seed? Retrain with other seeds.
 
-    python benchmarks/segmenter_seeds.py                                  # C, D, real_all; seeds 0 1 2
-    python benchmarks/segmenter_seeds.py --variants C real_all --seeds 0 1 2 3 --workers 2
-    python benchmarks/segmenter_seeds.py --out reports/segmenter_seeds.md
-    python benchmarks/segmenter_seeds.py --seeds 0 1 2 3 4 --reuse-pipeline   # seed 0 from metrics/zs3.json
-    python benchmarks/segmenter_seeds.py --variants real_all --real-images 600  # as many real images as C has synthetic
-    python benchmarks/segmenter_seeds.py --variants C D --dev 500 --set color_aug=synthetic   # an ablation, val not read
+    python -m benchmarks.segmenter_seeds                                  # C, D, real_all; seeds 0 1 2
+    python -m benchmarks.segmenter_seeds --variants C real_all --seeds 0 1 2 3 --workers 2
+    python -m benchmarks.segmenter_seeds --out reports/segmenter_seeds.md
+    python -m benchmarks.segmenter_seeds --seeds 0 1 2 3 4 --reuse-pipeline   # seed 0 from metrics/zs3.json
+    python -m benchmarks.segmenter_seeds --variants real_all --real-images 600  # as many real images as C has synthetic
+    python -m benchmarks.segmenter_seeds --variants C D --dev 500 --set color_aug=synthetic   # an ablation, val not read
 
 Each (variant, seed) trains `train_segmenter@<variant>` exactly as the stage does, with only
 `train_segmenter.segmenter.seed` changed (init, batch order, augmentation, dropout), into a
@@ -32,61 +32,12 @@ import json
 import statistics
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
-from groundiff.data.voc import split_ids
+from benchmarks._common import dev_split, real_subset, train_and_score
+from groundiff.core import paths
 
-
-def train_and_score(variant: str, seed: int | None = None, real_share: float | None = None,
-                    real_root: str | None = None, score_on: tuple[str, str] | None = None,
-                    synth_root: str | None = None, overrides: dict | None = None) -> dict:
-    """Train `variant` as its stage does and score it as eval_zs3 does; returns the zs3 row.
-
-    Overrides, each only when given: the segmenter seed, the variant's real_share, the folder its
-    real images come from (`real_root`), the (root, split) it is scored on (`score_on`; default
-    eval_zs3's), the synthetic dataset's folder (`synth_root`), and SegmenterConfig fields
-    (`overrides`). benchmarks/real_share.py uses real_root and score_on; benchmarks/oracle_labels.py
-    uses synth_root.
-    """
-    from groundiff.segmenter import train_segmenter
-    from groundiff.stages.common import Params, real_data
-    from groundiff.stages.eval_zs3 import EvalZS3Params
-    from groundiff.stages.train_segmenter import SYNTH, TrainSegmenterParams
-    from groundiff.eval.zs3 import evaluate, variant_sources
-
-    params = Params()
-    cfg = params.section("train_segmenter", TrainSegmenterParams)
-    scoring = params.section("eval_zs3", EvalZS3Params)
-    split, real = params.class_split(), real_data(params)
-    spec = cfg.variant(variant) if real_share is None else replace(cfg.variant(variant), real_share=real_share)
-    segmenter_cfg = cfg.segmenter if seed is None else replace(cfg.segmenter, seed=seed)
-    segmenter_cfg = replace(segmenter_cfg, **(overrides or {}))
-    sources = variant_sources(spec, split, real if real_root is None else replace(real, root=real_root),
-                              SYNTH if synth_root is None else Path(synth_root))
-    with tempfile.TemporaryDirectory() as work:
-        segmenter, _ = train_segmenter(sources, split.classes, segmenter_cfg, Path(work),
-                                       device=params.world.device, progress=False)
-    root, split_name = score_on or (real.root, scoring.split)
-    result, _ = evaluate(segmenter, root, split_name, split, scoring.background, scoring.batch_size)
-    label = " ".join([variant] + [f"{k} {v}" for k, v in (("seed", seed), ("real_share", real_share),
-                                                          ("synthetic data", synth_root)) if v is not None]
-                     + [f"{k}={v}" for k, v in (overrides or {}).items()])
-    print(f"{label}: hIoU {result['hiou']:.1f} on {split_name} (seen {result['miou_seen']:.1f}, "
-          f"unseen {result['miou_unseen']:.1f})", flush=True)
-    return result
-
-
-def real_subset(n: int, out: Path, seed: int = 0) -> Path:
-    """A view of the world's real data whose train split is a seeded subset of `n` images."""
-    from groundiff.stages.common import Params, real_data
-
-    real = real_data(Params())
-    total = len(split_ids(Path(real.root), real.split))
-    if not 0 < n < total:
-        raise ValueError(f"--real-images must be in 1..{total - 1} (the {real.split} split has {total} images)")
-    kept, _ = dev_split(total - n, out, seed)
-    return kept
+ZS3 = paths.metrics("zs3")  # eval_zs3's results: metrics/zs3.json
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -95,7 +46,7 @@ def parse_overrides(items: list[str]) -> dict:
 
     import yaml
 
-    from groundiff.segmenter import SegmenterConfig
+    from groundiff.core.schema import SegmenterConfig
 
     known = {f.name for f in fields(SegmenterConfig)}
     out = {}
@@ -108,16 +59,6 @@ def parse_overrides(items: list[str]) -> dict:
         parsed = yaml.safe_load(value)
         out[key] = tuple(parsed) if isinstance(parsed, list) else parsed
     return out
-
-
-def dev_split(holdout: int, out: Path, seed: int = 0) -> tuple[Path, Path]:
-    """(fit root, dev root): the real train images minus `holdout` seeded ones, and those ones."""
-    from real_share import holdout_roots  # beside this script
-
-    from groundiff.stages.common import Params, real_data
-
-    real = real_data(Params())
-    return holdout_roots(Path(real.root), real.split, real.seen_labels, real.full_labels, holdout, seed, out)
 
 
 def pipeline_rows(zs3: Path, variants: list[str], seeds: list[int], stage_seed: int) -> dict[tuple[str, int], dict]:
@@ -180,11 +121,10 @@ def main() -> None:
 
     reused = {}
     if args.reuse_pipeline:
-        from groundiff.stages.common import Params
-        from groundiff.stages.train_segmenter import TrainSegmenterParams
+        from groundiff.core.params import Params
 
-        stage_seed = Params().section("train_segmenter", TrainSegmenterParams).segmenter.seed
-        reused = pipeline_rows(Path("metrics/zs3.json"), args.variants, args.seeds, stage_seed)  # fails early
+        stage_seed = Params().section("train_segmenter").segmenter.seed
+        reused = pipeline_rows(ZS3, args.variants, args.seeds, stage_seed)  # fails early
         print(f"seed {stage_seed}: the pipeline's rows from metrics/zs3.json ({', '.join(args.variants)}), "
               "read when the trainings end", flush=True)
     jobs = [(v, s) for v in args.variants for s in args.seeds if (v, s) not in reused]
@@ -205,7 +145,7 @@ def main() -> None:
                                     overrides=overrides) for job in jobs}
         results = {job: future.result() for job, future in futures.items()}
     if reused:  # read again now: a pipeline run that finished meanwhile is the one reported
-        results.update(pipeline_rows(Path("metrics/zs3.json"), args.variants, args.seeds, stage_seed))
+        results.update(pipeline_rows(ZS3, args.variants, args.seeds, stage_seed))
     text = table(results, args.variants, args.seeds)
     if args.dev is not None or overrides:
         text = (f"Scored on {f'{args.dev} held-out real train images (dev split)' if args.dev else 'val'}"

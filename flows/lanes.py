@@ -8,8 +8,9 @@ the grounding module, the five variants only the synthetic dataset.
 
 `LanePlanner` is that scheduling, without Prefect or processes, so it can be tested on its own:
 - a stage starts once every stage it reads from (DVC's DAG, restricted to the selection) finished;
-- at most `lanes` lanes are busy; a stage that fans out on a Dask LocalCluster (it lists the
-  `distributed` params and `distributed.scheduler` is "local") is as wide as its workers;
+- at most `lanes` lanes are busy; a stage that fans out on a Dask LocalCluster (its deps, the
+  import closure of its module, hold `method/distributed.py`, and `distributed.scheduler` is
+  "local") is as wide as its workers;
 - of the ready stages, the one with the longest chain of stages still ahead of it starts first
   (critical path first), ties in dvc.yaml order. A wide stage may start on one free lane and
   take the others as they free up: nothing else starts until it leaves room. Oversubscribing
@@ -26,11 +27,16 @@ from typing import Any
 
 @dataclass(frozen=True)
 class StageNode:
-    """One DVC stage: the stages whose outputs it reads, and the params.yaml keys it lists."""
+    """One DVC stage: the stages whose outputs it reads, the params.yaml keys and the files it lists."""
 
     name: str
     upstream: tuple[str, ...] = ()
     params: tuple[str, ...] = ()
+    deps: tuple[str, ...] = ()
+
+
+#: The module that fans a stage's shards out on Dask (dvc.yaml lists it in the deps of such stages).
+DASK_FANOUT = "src/groundiff/method/distributed.py"
 
 
 def stage_graph(root: Path | str) -> dict[str, StageNode]:
@@ -42,11 +48,15 @@ def stage_graph(root: Path | str) -> dict[str, StageNode]:
         nodes = {}
         for stage in graph.nodes:
             keys: list[str] = []
+            files: list[str] = []
             for dep in stage.deps:
                 if hasattr(dep, "params"):  # a ParamsDependency; no keys listed = the whole file
                     keys += list(dep.params) if dep.params else ["*"]
+                else:
+                    files.append(str(dep.def_path))
             name = _name(stage)
-            nodes[name] = StageNode(name, tuple(sorted(_name(s) for s in graph.successors(stage))), tuple(keys))
+            nodes[name] = StageNode(name, tuple(sorted(_name(s) for s in graph.successors(stage))), tuple(keys),
+                                    tuple(files))
     return nodes
 
 
@@ -59,7 +69,7 @@ def lane_widths(nodes: Mapping[str, StageNode], params: Mapping[str, Any]) -> di
     """Lanes each stage occupies: n_workers for a stage fanning out on a LocalCluster, else 1."""
     dist = params.get("distributed") or {}
     wide = int(dist.get("n_workers", 1)) if dist.get("scheduler") == "local" else 1
-    return {name: max(1, wide) if any(k.split(".")[0] in ("distributed", "*") for k in node.params) else 1
+    return {name: max(1, wide) if DASK_FANOUT in node.deps or "*" in node.params else 1
             for name, node in nodes.items()}
 
 

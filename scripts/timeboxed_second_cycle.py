@@ -7,9 +7,9 @@
 It times PROBE_STEPS steps of the second cycle on a scratch copy of the state, picks the longest
 length (a multiple of 500) that fits 90% of what is left of BUDGET_S (or takes STEPS), and trains
 that cycle into worlds/shapes/state/diffusion with the library's `train_diffusion`. OUT_DIR gets
-the cycle's EMA weights (in two halves, for transfer limits), its loss log, the state
-fingerprints and report.json (device, steps/s, chosen length, times). Back here: join the halves
-into the state folder as unet_cycle2.safetensors, copy the log and fingerprints, set
+the cycle's EMA weights (in two halves, for transfer limits; the file carries its params'
+fingerprint), its loss log and report.json (device, steps/s, chosen length, times). Back here:
+join the halves into the state folder as unet_cycle2.safetensors, copy the log, set
 `world_diffusion.model.finetune_steps` to the chosen length, and run `dvc repro world_diffusion`;
 it finds every phase done and assembles, records and logs the pipeline.
 The shipped cycle 2 (4500 steps of 256, `finetune_batch_size`) came from `530 300 cuda 8` on an
@@ -25,13 +25,15 @@ from pathlib import Path
 
 import torch
 
-from groundiff.stages.common import Params
-from groundiff.stages.world_diffusion import STATE, WorldDiffusionParams
+from groundiff.core import paths
+from groundiff.core.params import Params
 from groundiff.worlds.shapes_diffusion import (
     DiffusionConfig,
     RunOptions,
     train_diffusion,
 )
+
+STATE = paths.world_state("shapes", "diffusion")  # world_diffusion's resumable state
 
 
 def probe_rate(cfg: DiffusionConfig, opts: RunOptions, probe_steps: int) -> float:
@@ -53,7 +55,7 @@ def probe_rate(cfg: DiffusionConfig, opts: RunOptions, probe_steps: int) -> floa
 def main(argv: list[str]) -> None:
     t0 = time.time()
     budget, probe_steps, device, workers, out = float(argv[0]), int(argv[1]), argv[2], int(argv[3]), Path(argv[4])
-    cfg = Params().section("world_diffusion", WorldDiffusionParams).model
+    cfg = Params().section("world_diffusion").model
     opts = RunOptions(device=device, mixed_precision="bf16", checkpoint_every=10**6,
                       log_every=max(min(20, probe_steps // 4), 1), data_workers=workers)
     report = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
@@ -71,8 +73,7 @@ def main(argv: list[str]) -> None:
     metrics = train_diffusion(replace(cfg, finetune_steps=steps), replace(opts, log_every=20), Path("/tmp/gd_out"), STATE)
     report.update(train_s=time.time() - t1, total_s=time.time() - t0, metrics=metrics)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("unet_cycle2_log.csv", "fingerprint_cycle1", "fingerprint_cycle2"):
-        shutil.copy(STATE / name, out / name)
+    shutil.copy(STATE / "unet_cycle2_log.csv", out / "unet_cycle2_log.csv")
     weights = (STATE / "unet_cycle2.safetensors").read_bytes()
     half = len(weights) // 2
     (out / "unet_cycle2.part0").write_bytes(weights[:half])

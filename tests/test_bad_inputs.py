@@ -6,6 +6,7 @@ that no other test file covers already; the table names the test of every row.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -87,36 +88,45 @@ def test_bad_params_of_data_stages_fail_before_any_output_is_touched(project, se
 # --------------------------------------------------------------------------- stages: missing models
 
 
-def test_missing_pipeline_is_named_with_the_stage_that_makes_it(project):
+def _stage_error(main, capsys) -> str:
+    """The one `error:` line a stage run as `python -m` prints (exit 2): the library's message plus
+    the `dvc repro` that remakes the missing input (`run_stage`)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(main)
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+def test_missing_pipeline_is_named_with_the_stage_that_makes_it(project, capsys):
     from groundiff.stages import prompts, synthesize as synthesize_stage
 
     prompts.main()
     before = _existing_output(project / "data/synth/train")
-    with pytest.raises(FileNotFoundError, match=r"no diffusers pipeline folder.*dvc repro world_diffusion"):
-        synthesize_stage.main()
+    assert re.search(r"no diffusers pipeline folder.*; run `dvc repro world_diffusion`$",
+                     _stage_error(synthesize_stage.main, capsys))
     (project / "worlds/shapes/diffusion").mkdir(parents=True)  # a folder, but not a pipeline
     with pytest.raises(FileNotFoundError, match="not a diffusers pipeline folder"):
         synthesize_stage.main()
     assert _files(project / "data/synth/train") == before
 
 
-def test_missing_detector_in_the_pseudo_label_stage(project):
+def test_missing_detector_in_the_pseudo_label_stage(project, capsys):
     from groundiff.stages import pseudo_label as stage
 
     _write_shards(project / "data/synth/train")
     (project / "data/synth/train_labels").mkdir(parents=True)
     (project / "data/synth/train_labels/source.json").write_text("earlier")
-    with pytest.raises(FileNotFoundError, match="dvc repro world_detector"):
-        stage.main()
+    assert _stage_error(stage.main, capsys).endswith("; run `dvc repro world_detector`")
     assert _files(project / "data/synth/train_labels") == {"source.json": b"earlier"}
 
 
-def test_missing_grounding_module_in_the_synth_dataset_stage(project):
+def test_missing_grounding_module_in_the_synth_dataset_stage(project, capsys):
     from groundiff.stages import synth_dataset as stage
 
     before = _existing_output(project / "data/synth/segmentation")
-    with pytest.raises(FileNotFoundError, match="dvc repro train_grounding"):
-        stage.main()
+    assert _stage_error(stage.main, capsys).endswith("; run `dvc repro train_grounding`")
     assert _files(project / "data/synth/segmentation") == before
 
 
@@ -144,9 +154,29 @@ def test_shards_that_do_not_exist_are_refused(tmp_path):
 
 
 def test_pseudo_label_before_synthesis(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no synthesis shards; run `dvc repro synthesize` first"):
+    with pytest.raises(FileNotFoundError, match=r"synth: no synthesis shards"):
         pseudo_label(NoDetections(), tmp_path / "synth", tmp_path / "labels", PseudoLabelConfig())
     assert not (tmp_path / "labels").exists()
+
+
+def _save_tiny_detector(project: Path) -> None:
+    from groundiff.worlds.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
+
+    torch.manual_seed(0)
+    arch = DetectorArch(classes=CLASSES, widths=(8, 16, 16), fpn_channels=16, input_size=32)
+    TorchvisionOracle(build_maskrcnn(arch).eval(), CLASSES, arch=arch).save_pretrained(project / "worlds/shapes/detector")
+
+
+def test_stages_name_the_stage_that_makes_a_missing_input(project, capsys):
+    """The library says what is missing; the stage layer adds the `dvc repro` that makes it."""
+    from groundiff.stages import pseudo_label as pseudo_label_stage, synthesize as synthesize_stage
+
+    assert _stage_error(synthesize_stage.main, capsys) == \
+        "error: data/prompts/train.csv: no prompt table; run `dvc repro prompts`"
+    _save_tiny_detector(project)
+    assert _stage_error(pseudo_label_stage.main, capsys) == \
+        "error: data/synth/train: no synthesis shards; run `dvc repro synthesize`"
+    assert not (project / "data/synth/train_labels").exists()
 
 
 def test_truncated_latents_file_is_named(tmp_path):
@@ -167,14 +197,10 @@ def test_latents_and_meta_that_disagree(tmp_path):
 
 def test_corrupt_png_stops_pseudo_labelling_with_one_line_and_keeps_finished_labels(project, capsys):
     """The stage prints one `error:` line (exit 2); labels of the shards before it stay."""
-    from groundiff.worlds.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
     from groundiff.stages import pseudo_label as stage
 
     _write_shards(project / "data/synth/train", n=2)
-    torch.manual_seed(0)
-    arch = DetectorArch(classes=CLASSES, widths=(8, 16, 16), fpn_channels=16, input_size=32)
-    oracle = TorchvisionOracle(build_maskrcnn(arch).eval(), CLASSES, arch=arch)
-    oracle.save_pretrained(project / "worlds/shapes/detector")
+    _save_tiny_detector(project)
     png = project / "data/synth/train/shard_00001/images/000002.png"
     png.write_bytes(png.read_bytes()[:60])
     with pytest.raises(SystemExit) as exit_info:
@@ -221,7 +247,7 @@ def test_grounding_module_for_another_unet_fails_before_any_output(tmp_path):
                                                               n_heads=2, ffn_dim=64, n_layers=1))
     before = _existing_output(tmp_path / "dataset")
     split = make_split("shapes", CLASSES, ["ring"])
-    with pytest.raises(ValueError, match=r"built for another pipeline: feature_channels .*dvc repro train_grounding"):
+    with pytest.raises(ValueError, match=r"built for another pipeline: feature_channels .*\(train_grounding\)"):
         synth_dataset(pipe, module, split, SynthDatasetConfig(n_one=1, n_two=0, n_complicated=0), tmp_path / "dataset",
                       ["a", "b"])
     assert _files(tmp_path / "dataset") == before

@@ -1,7 +1,6 @@
 """The benchmarks' pure parts: what they print is computed right."""
 
-import importlib.util
-from pathlib import Path
+import importlib
 
 import numpy as np
 import pytest
@@ -10,14 +9,9 @@ from PIL import Image
 from groundiff.data.voc import read_split, save_label_png, split_ids
 from groundiff.worlds.oracle import Detections
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def test_segmenter_seeds_table_means_spreads_and_shares():
@@ -68,7 +62,7 @@ def test_real_share_holdout_splits_train_and_scores_on_full_labels(tmp_path):
         save_label_png(real / "SegmentationClass" / f"{i}.png", np.full((4, 4), 255, np.uint8))  # unseen hidden
         save_label_png(real / "SegmentationClassFull" / f"{i}.png", np.full((4, 4), 3, np.uint8))  # every class
 
-    share = _load("real_share")
+    share = _load("_common")  # real_share's and segmenter_seeds' --dev views
     fit, dev = share.holdout_roots(real, "train", "SegmentationClass", "SegmentationClassFull", 3, 0,
                                    tmp_path / "views")
     fit_ids, dev_ids = split_ids(fit, "train"), split_ids(dev, "dev")

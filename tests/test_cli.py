@@ -48,7 +48,10 @@ def test_unknown_class_is_one_clear_error(world):
     assert "Traceback" not in proc.stderr
 
 
-def test_missing_grounding_module_says_how_to_make_it(project):
+def test_missing_grounding_module_says_how_to_make_it(project, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "a photograph of a star", "--classes", "star"])
     assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no trained grounding module in models/grounding" in err
+    assert err.rstrip().endswith("run `dvc repro train_grounding`")

@@ -205,8 +205,8 @@ def test_text_statistics_errors(tiny_cfg):
         model.set_text_statistics(torch.ones(3, 64))
 
 
-def test_missing_checkpoint_says_how_to_make_one(tmp_path):
-    with pytest.raises(FileNotFoundError, match="dvc repro train_grounding"):
+def test_missing_checkpoint_says_which_stage_makes_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="the train_grounding stage trains one"):
         GroundingModule.from_pretrained(tmp_path / "nothing")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.lanes import LanePlanner, StageNode, lane_widths, stage_graph
+from flows.lanes import DASK_FANOUT, LanePlanner, StageNode, lane_widths, stage_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,8 +81,9 @@ def test_bad_plans_are_clear_errors() -> None:
         LanePlanner(dag(a="b", b="a"), ["a", "b"], lanes=1)
 
 
-def test_lane_widths_follow_the_distributed_params() -> None:
-    nodes = {"gen": StageNode("gen", params=("world", "distributed")), "train": StageNode("train", params=("world",)),
+def test_lane_widths_follow_the_dask_fanout_and_the_distributed_params() -> None:
+    nodes = {"gen": StageNode("gen", params=("world",), deps=("src/x.py", DASK_FANOUT)),
+             "train": StageNode("train", params=("world",), deps=("src/x.py",)),
              "legacy": StageNode("legacy", params=("*",))}  # lists all of params.yaml
     local = {"distributed": {"scheduler": "local", "n_workers": 3}}
     assert lane_widths(nodes, local) == {"gen": 3, "train": 1, "legacy": 3}
@@ -96,7 +97,7 @@ def test_this_projects_dag_in_two_lanes() -> None:
     and nothing starts before the stages it reads from ended."""
     nodes = stage_graph(ROOT)
     assert "train_grounding" in nodes["eval_grounding"].upstream
-    assert "distributed" in nodes["synthesize"].params and "distributed" not in nodes["train_grounding"].params
+    assert DASK_FANOUT in nodes["synthesize"].deps and DASK_FANOUT not in nodes["train_grounding"].deps
     method = [n for n in nodes if not n.startswith("world_")]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     planner = LanePlanner(nodes, method, lanes=2, widths=lane_widths(nodes, params))

@@ -40,7 +40,7 @@ def test_bad_prompt_config():
 
 
 def test_read_prompts_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="dvc repro prompts"):
+    with pytest.raises(FileNotFoundError, match="missing.csv: no prompt table"):
         read_prompts(tmp_path / "missing.csv")
     empty = tmp_path / "empty.csv"
     empty.write_text("index,prompt,classes,n_objects,seed\n")

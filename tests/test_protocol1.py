@@ -228,7 +228,7 @@ def _stage_params(seed: int = 2023) -> dict:
     params = tiny_params()
     params["eval_grounding"].update(seed=seed, per_category=2, oracle_score_threshold=0.0, examples_per_category=1,
                                     sampling={"steps": 2, "guidance_scale": 7.5, "eta": 0.0, "batch_size": 5})
-    params.get("synthesize", {}).pop("capture_t", None)  # no feature-step warning in this test
+    params["synthesize"]["sampling"]["steps"] = 2  # features of the step trained on: no warning
     return params
 
 
@@ -250,6 +250,17 @@ def test_stage_writes_metrics_report_and_figure(project, capsys):
     with Image.open(project / "reports/figures/protocol1_overlays.png") as img:
         assert img.size[0] > 0
     assert "eval_grounding" in capsys.readouterr().out
+
+
+def test_check_against_training():
+    from groundiff.core.params import ParamsError
+    from groundiff.eval.protocol1 import check_against_training
+
+    assert check_against_training(CFG, train_seed=0, train_capture_t=1, train_steps=3) is None
+    warning = check_against_training(CFG, train_seed=0, train_capture_t=5, train_steps=3)
+    assert warning.startswith("the grounding module was trained on features at t=5 of 3 steps")
+    with pytest.raises(ParamsError, match="own seed stream"):
+        check_against_training(CFG, train_seed=CFG.seed, train_capture_t=1, train_steps=3)
 
 
 def test_stage_refuses_the_training_seed(project):

@@ -20,5 +20,17 @@ def test_report_has_both_protocols_beside_the_paper(project):
 
 
 def test_report_says_what_has_not_run(tmp_path):
-    text = build_report({"world": {"name": "shapes", "split": 1}}, tmp_path)
+    text = build_report("shapes", 1, {}, root=tmp_path)
+    assert "Not yet run: stage `eval_grounding`" in text and "Not yet run: stage `eval_zs3`" in text
+    text = build_report("shapes", 1, {}, root=tmp_path, how_to_run=lambda stage: f"`dvc repro {stage}`")
     assert "Not yet run: `dvc repro eval_grounding`" in text and "Not yet run: `dvc repro eval_zs3`" in text
+
+
+def test_report_lists_the_method_settings_as_params_yaml_gives_them(project):
+    """Exactly the keys params.yaml writes (no defaults filled in), whatever the schema adds."""
+    report.main()
+    text = (project / "reports/report.md").read_text()
+    assert '- `synthesize`: `{"capture_t": 1, "sampling": {"batch_size": 50, "guidance_scale": 5.0, ' \
+           '"precision": "bf16", "steps": 25}, "shard_size": 100}`' in text
+    assert '"A": {"real": "none", "synthetic": ["one"]}' in text and '"real_share": 0.25' in text
+    assert '"bucket_widths": []' in text and "template_one" not in text

@@ -145,8 +145,30 @@ def test_detector_trains_saves_and_loads(project, tmp_path):
     assert 0.0 <= metrics["mask_ap50"] <= 1.0
 
 
+def test_detector_training_resumes_exactly(project, tmp_path):
+    """Mask R-CNN samples anchors and RoIs from torch's global generator: the checkpoint keeps its state."""
+    from groundiff.stages import world_data
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_3(metrics):
+        if metrics["step"] == 3:
+            raise Stop
+
+    world_data.main()
+    data, cfg = project / "data/shapes/real", DetectorConfig(steps=4, batch_size=2, widths=(8, 16, 16), fpn_channels=16)
+    run = dict(log_every=1, checkpoint_every=2)
+    with pytest.raises(Stop):
+        train_detector(data, CLASSES, cfg, tmp_path / "a", on_log=stop_at_step_3, **run)
+    resumed = train_detector(data, CLASSES, cfg, tmp_path / "a", **run).model.state_dict()  # from step 2
+    fresh = train_detector(data, CLASSES, cfg, tmp_path / "b", **run).model.state_dict()
+    assert all(torch.equal(resumed[k], fresh[k]) for k in fresh)
+    assert (tmp_path / "a/log.csv").read_text() == (tmp_path / "b/log.csv").read_text()
+
+
 def test_missing_detector_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="dvc repro world_detector"):
+    with pytest.raises(FileNotFoundError, match="no detector here.*made by its world_detector stage"):
         TorchvisionOracle.from_pretrained(tmp_path)
 
 
@@ -241,9 +263,9 @@ def test_stage_continue_finds_the_first_cycle_in_git_history(project):
 
 def test_loss_plot_averages_fixed_step_windows(project):
     """Cycle 1 seeded from a shipped curve (one row per 20 steps) and cycle 2 (one per step) plot alike."""
-    from groundiff.stages import world_diffusion
+    from groundiff.worlds.shapes_diffusion import write_loss_plot
 
     rows = [{"step": 20, "loss": 1.0}, {"step": 40, "loss": 0.5}] + [{"step": 40 + i, "loss": i} for i in range(1, 41)]
-    world_diffusion.write_loss_plot(rows)
+    write_loss_plot(rows, project / "metrics/world_diffusion_loss.csv")
     lines = (project / "metrics/world_diffusion_loss.csv").read_text().split()
     assert lines == ["step,loss", "20,1.0", "40,0.5", "60,10.5", "80,30.5"]

@@ -13,11 +13,12 @@ from groundiff.core.params import ParamsError
 from groundiff.data.voc import VOCWriter, read_split
 from groundiff.stages import eval_zs3, train_segmenter, world_data
 from groundiff.core.params import Params
+from groundiff.stages.common import run_stage
 from groundiff.worlds.active import World
 from groundiff.core.paths import SYNTH_SEGMENTATION as SYNTH
 from groundiff.worlds.base import make_split
-from groundiff.eval.zs3 import (PAPER_VARIANTS, VariantSpec, markdown_table, pick_figure_images, prediction_figure,
-                           score_confusion, variant_sources)
+from groundiff.eval.zs3 import (PAPER_VARIANTS, VariantSpec, dvc_stage, markdown_table, pick_figure_images,
+                           prediction_figure, score_confusion, variant_sources)
 
 from conftest import write_params
 
@@ -68,7 +69,7 @@ def test_dvc_stages_split_the_variants_by_synthetic_data():
     # the two stage bodies are one recipe: only the synthetic-data dependency differs
     without_synth = [d for d in synthetic["do"]["deps"] if d != "data/synth/segmentation"]
     assert reference["do"] == {**synthetic["do"], "deps": without_synth}
-    assert [train_segmenter.dvc_stage(v, cfg.variants[v]) for v in ("D", "real_all")] == \
+    assert [dvc_stage(v, cfg.variants[v]) for v in ("D", "real_all")] == \
         ["train_segmenter@D", "train_reference@real_all"]
 
 
@@ -146,13 +147,16 @@ def test_prediction_figure_draws_rows_and_names_the_label_column(tmp_path):
         assert np.array(a).tolist() == np.array(c).tolist()  # "truth" is the default
 
 
-def test_unknown_variant_and_missing_data_are_clear(project):
+def test_unknown_variant_and_missing_data_are_clear(project, capsys):
     with pytest.raises(ParamsError, match=r"unknown segmenter variant 'Z'.*A, B, C, D, E, real_seen, real_all"):
         train_segmenter.main(["Z"])
     with pytest.raises(ParamsError, match="usage"):
         train_segmenter.main([])
-    with pytest.raises(FileNotFoundError, match="dvc repro world_data"):
+    with pytest.raises(FileNotFoundError, match="data/shapes/real/ImageSets/Segmentation/train.txt: missing"):
         train_segmenter.main(["real_seen"])
+    with pytest.raises(SystemExit):  # as `python -m` runs it: the stage that writes the split is named
+        run_stage(lambda: train_segmenter.main(["real_seen"]))
+    assert capsys.readouterr().err.rstrip().endswith("run `dvc repro world_data`")
 
 
 def test_train_all_variants_then_eval(project):

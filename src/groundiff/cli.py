@@ -13,51 +13,60 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from groundiff.core.params import ParamsError
-from groundiff.worlds.base import WorldError
+from groundiff.app.hints import with_remake_hint
+from groundiff.core import paths
+from groundiff.core.errors import ParamsError, WorldError
 
-GROUNDING = Path("models/grounding")
+if TYPE_CHECKING:
+    from groundiff.core.params import Params
+    from groundiff.worlds.active import World
+
+
+def _open(path: str | Path = paths.PARAMS) -> tuple[Params, World]:
+    """params.yaml, every section validated, and its world (checked: the split exists)."""
+    from groundiff.core.params import Params
+    from groundiff.worlds.active import World, check
+
+    params = Params(path)
+    check(params)
+    return params, World(params)
 
 
 def _generate(args: argparse.Namespace) -> None:
     from groundiff.diffusion.pipeline import SamplingConfig, load_pipeline
     from groundiff.method.generate import generate_grounded, save_grounded
     from groundiff.method.grounding import GroundingModule
-    from groundiff.stages.common import Params, world_pipeline
-    from groundiff.method.synthesis import SynthesisConfig
 
-    params = Params()
-    split = params.class_split()
+    params, world = _open()
+    split = world.split
     split.check_known(args.classes, "--classes")
-    synth = params.section("synthesize", SynthesisConfig)
+    synth = params.section("synthesize")
     sampling = SamplingConfig(steps=args.steps or synth.sampling.steps,
                               guidance_scale=args.guidance or synth.sampling.guidance_scale, batch_size=1,
                               precision=synth.sampling.precision)
     module_dir = Path(args.grounding)
     module = GroundingModule.from_pretrained(module_dir, device=params.world.device)
-    pipe = load_pipeline(world_pipeline(params), params.world.device)
+    pipe = load_pipeline(world.pipeline, params.world.device)
     result = generate_grounded(pipe, module, args.prompt, args.classes, args.seed, sampling,
                                capture_t=synth.capture_t, threshold=args.threshold)
-    paths = save_grounded(result, Path(args.out), scale=args.scale)
+    written = save_grounded(result, Path(args.out), scale=args.scale)
     for name, mask in zip(result.classes, result.masks):
         tag = "seen" if name in split.seen else "unseen"
         print(f"{name} ({tag} in grounding training): {int(mask.sum())} pixels")
-    print("wrote " + ", ".join(str(p) for p in paths))
+    print("wrote " + ", ".join(str(p) for p in written))
 
 
 def _classes(args: argparse.Namespace) -> None:
-    from groundiff.stages.common import Params
-
-    params = Params()
-    split = params.class_split()
+    params, world = _open()
+    split = world.split
     print(f"world {split.world}, split {params.world.split}")
     print("seen:   " + ", ".join(split.seen))
     print("unseen: " + ", ".join(split.unseen))
 
 
 def _world(args: argparse.Namespace) -> None:
-    from groundiff.stages.common import Params
     from groundiff.app.presets import apply_preset
 
     overrides = {"world.split": args.split} if args.split is not None else {}
@@ -67,8 +76,8 @@ def _world(args: argparse.Namespace) -> None:
     original = path.read_text()
     changes = apply_preset(path, args.world, overrides)
     try:  # the result must validate; otherwise params.yaml is left as it was
-        params = Params(path)
-        split = params.class_split()
+        params, world = _open(path)
+        split = world.split
     except Exception:
         path.write_text(original)
         raise
@@ -93,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=None, help="guidance scale (default: synthesize's)")
     gen.add_argument("--threshold", type=float, default=0.5, help="mask = sigmoid(logit) > threshold")
     gen.add_argument("--scale", type=int, default=8, help="upscale the saved PNGs (tiny worlds)")
-    gen.add_argument("--grounding", default=str(GROUNDING), help="trained grounding module folder")
+    gen.add_argument("--grounding", default=str(paths.GROUNDING), help="trained grounding module folder")
     gen.set_defaults(func=_generate)
     cls = sub.add_parser("classes", help="list the world's classes and seen/unseen split")
     cls.set_defaults(func=_classes)
@@ -112,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except (ParamsError, WorldError, FileNotFoundError, ValueError, KeyError) as err:
-        print(f"groundiff: error: {err}", file=sys.stderr)
+        message = with_remake_hint(str(err)) if isinstance(err, FileNotFoundError) else str(err)
+        print(f"groundiff: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -105,6 +105,14 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return json.loads(_read_state(path, tensors=False)[0]["meta"])
 
 
+def read_tensors(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a training state saved under `prefix` (e.g. "rng."), keyed without it."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+
+
 def load_training_state(
     path: str | Path,
     modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]],
@@ -132,29 +140,3 @@ def load_training_state(
             state.setdefault(int(idx), {}).update(scalars)
         opt.load_state_dict({"state": state, "param_groups": opt_meta[name]["param_groups"]})
     return json.loads(metadata["meta"])
-
-
-def resume_or_reset(work_dir: Path, fp: str, modules: dict, optimizers: dict, log_path: Path | None = None,
-                    state_name: str = "state.safetensors", fp_name: str = "fingerprint") -> int:
-    """Resume a training run from `work_dir` if its state was written for fingerprint `fp`.
-
-    Restores `modules`/`optimizers` in place and returns the step to continue from, with the
-    loss log cut back to that step; for another fingerprint (other params or data) the stale
-    state and log are deleted and 0 is returned.
-    """
-    from groundiff.core import losslog
-
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    state, fp_file = work_dir / state_name, work_dir / fp_name
-    start = 0
-    if state.exists() and fp_file.exists() and fp_file.read_text() == fp:
-        start = load_training_state(state, modules, optimizers)["step"]
-        if log_path is not None:
-            losslog.truncate(log_path, start)
-    else:
-        state.unlink(missing_ok=True)
-        if log_path is not None:
-            log_path.unlink(missing_ok=True)
-    fp_file.write_text(fp)
-    return start

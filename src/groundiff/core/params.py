@@ -12,6 +12,7 @@ no declaration, and are left out of dvc.yaml so that changing them reruns nothin
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -240,6 +241,12 @@ class Params:
         value = self._sections[name]
         self._read(name, value)
         return value
+
+    def written(self, name: str) -> dict[str, Any]:
+        """A section exactly as params.yaml writes it (no defaults filled in): for showing it to people.
+        Reads the whole section."""
+        self.section(name)
+        return copy.deepcopy(self.raw.get(name) or {})
 
     def get(self, key: str) -> Any:
         """One key (dotted: `train_segmenter.variants.A`), typed as its schema says."""

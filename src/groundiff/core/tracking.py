@@ -24,6 +24,7 @@ Browse the runs with `mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db`.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import subprocess
 import time
@@ -126,6 +127,13 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
 # --------------------------------------------------------------------------- runs
 
 
+def is_number(value: Any) -> bool:
+    """A metric MLflow can log: a real number (bool, numpy scalars too) or a 0-d tensor/array."""
+    if isinstance(value, numbers.Real):
+        return True
+    return getattr(value, "ndim", None) == 0 and not isinstance(value, (str, bytes))
+
+
 class StageRun:
     """Logging handle for one stage's MLflow run; every call names the run id explicitly."""
 
@@ -133,12 +141,14 @@ class StageRun:
         self.client = client
         self.run_id = run_id
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log numbers (ints, floats, 0-d tensors/arrays); NaN/inf are logged as MLflow allows."""
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log the numbers among `metrics` (ints, floats, 0-d tensors/arrays); other values (None,
+        strings, lists, dicts) are left out, so a stage can pass its whole metrics dict. NaN/inf
+        are logged as MLflow allows."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if is_number(v)]
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH])
 
@@ -330,6 +340,6 @@ def _check_parent(client: MlflowClient, run_id: str) -> None:
 
 
 __all__ = [
-    "NullStageRun", "StageRun", "artifact_root", "enabled", "flatten_params", "git_commit",
+    "NullStageRun", "StageRun", "artifact_root", "enabled", "flatten_params", "git_commit", "is_number",
     "pipeline_run", "project_root", "stage_run", "tracking_uri",
 ]

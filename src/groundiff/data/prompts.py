@@ -7,12 +7,13 @@ per image to generate, with the seed that makes the row reproducible on its own.
 
 from __future__ import annotations
 
-from groundiff.core.schema import PromptConfig
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from groundiff.core.schema import PromptConfig
 
 CLASS_SEP = "|"  # class names may contain spaces ("hot dog"), never a bar
 COLUMNS = ["index", "prompt", "classes", "n_objects", "seed"]
@@ -37,17 +38,35 @@ def sample_prompts(classes: tuple[str, ...] | list[str], cfg: PromptConfig) -> p
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def write_prompts(table: pd.DataFrame, path: Path) -> None:
+    """Write the table as CSV, whole or not at all (via `<name>.csv.partial`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.partial")
+    table.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def prompt_stats(table: pd.DataFrame) -> dict:
+    """Rows, the share of two-object prompts and how often each class is prompted."""
+    counts = Counter(c for cell in table["classes"] for c in class_list(cell))
+    return {
+        "rows": len(table),
+        "two_object_share": float((table["n_objects"] == 2).mean()),
+        "class_counts": dict(sorted(counts.items())),
+    }
+
+
 def read_prompts(path: Path) -> pd.DataFrame:
     """Read a prompt table, checking it is one (a clear error beats a KeyError three stages later)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no prompt table; run `dvc repro prompts` first")
+        raise FileNotFoundError(f"{path}: no prompt table")
     table = pd.read_csv(path, keep_default_na=False)
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: not a prompt table (missing columns {missing})")
     if table.empty:
-        raise ValueError(f"{path}: the prompt table is empty; set prompts.n > 0 and rerun `dvc repro prompts`")
+        raise ValueError(f"{path}: the prompt table is empty (prompts.n must be > 0)")
     return table
 
 

@@ -107,7 +107,7 @@ def read_shard(path: Path) -> list[Sample]:
 def iter_samples(root: Path) -> Iterator[Sample]:
     shards = complete_shards(root)
     if not shards:
-        raise FileNotFoundError(f"{root}: no finished shards; run the stage that writes them (e.g. `dvc repro synthesize`)")
+        raise FileNotFoundError(f"{root}: no finished shards")
     for shard in shards:
         yield from read_shard(shard)
 
@@ -116,6 +116,6 @@ def read_meta(root: Path) -> pd.DataFrame:
     """The meta tables of all finished shards, concatenated (cheap: no images or tensors)."""
     shards = complete_shards(root)
     if not shards:
-        raise FileNotFoundError(f"{root}: no finished shards; run the stage that writes them (e.g. `dvc repro synthesize`)")
+        raise FileNotFoundError(f"{root}: no finished shards")
     return pd.concat([pd.read_csv(s / "meta.csv", keep_default_na=False).assign(shard=s.name) for s in shards],
                      ignore_index=True)

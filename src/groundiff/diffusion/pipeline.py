@@ -35,9 +35,8 @@ def load_pipeline(source: str | Path, device: str = "cpu", dtype: torch.dtype = 
     path = Path(source)
     if not path.exists() and not looks_like_hub_id(str(source)):
         raise FileNotFoundError(
-            f"{source}: no diffusers pipeline folder here. In the shapes world run "
-            "`dvc repro world_diffusion`; for Stable Diffusion give a hub id (e.g. "
-            "runwayml/stable-diffusion-v1-5) or a local folder"
+            f"{source}: no diffusers pipeline folder here (the shapes world's is made by its world_diffusion "
+            "stage); for Stable Diffusion give a hub id (e.g. runwayml/stable-diffusion-v1-5) or a local folder"
         )
     if path.exists() and not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")

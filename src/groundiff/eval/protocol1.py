@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from groundiff.core.errors import ParamsError
 from groundiff.data.prompts import CLASS_SEP, class_list
 from groundiff.diffusion.capture import FeatureCapture, capture_call_for
 from groundiff.diffusion.daam import DAAMTrace
@@ -75,6 +76,21 @@ PAIR_COLUMNS = ["index", "category", "prompt", "seed", "k", "class", "seen", "fo
 
 
 # --- 1. the test prompts ----------------------------------------------------------------------
+
+
+def check_against_training(cfg: EvalConfig, train_seed: int, train_capture_t: int, train_steps: int) -> str | None:
+    """Refuse a test seed equal to the training prompts' (`prompts.seed`): a ParamsError. Returns a
+    warning when the module is tested on features of another step than it was trained on
+    (`synthesize.capture_t` of `synthesize.sampling.steps`), else None."""
+    if cfg.seed == train_seed:
+        raise ParamsError(
+            f"params.yaml: eval_grounding.seed is {cfg.seed}, the same as prompts.seed: the test prompts "
+            "need their own seed stream; pick another eval_grounding.seed"
+        )
+    if (train_capture_t, train_steps) != (cfg.capture_t, cfg.sampling.steps):
+        return (f"the grounding module was trained on features at t={train_capture_t} of {train_steps} steps "
+                f"(synthesize), but eval_grounding captures t={cfg.capture_t} of {cfg.sampling.steps}")
+    return None
 
 
 def _row_seed(seed: int, category: int, row: int) -> int:
@@ -153,6 +169,17 @@ class Protocol1Result:
         """The grid threshold with the best mIoU over seen-class pairs (None if none was scored)."""
         curve = {float(t): v for t, v in self.threshold_curve.get("seen_classes", {}).items() if v is not None}
         return max(curve, key=lambda t: (curve[t], -abs(t - 0.5))) if curve else None
+
+    def summary(self) -> str:
+        """A few lines for the terminal: mIoU per category and method, pairs scored, best threshold."""
+        def row(method: str) -> str:
+            return " ".join(f"{c}={v if v is None else round(v, 1)}" for c, v in self.metrics[method].items())
+
+        scored = sum(n["evaluated"] for n in self.counts.values())
+        missed = sum(n["oracle_missed"] for n in self.counts.values())
+        return (f"mIoU (%) over {scored} (image, class) pairs ({missed} missed by the oracle, left out)\n"
+                f"  ours: {row('ours')}\n  daam: {row('daam')}\n"
+                f"  ours' best mask threshold on seen-class pairs: {self.best_seen_threshold()}")
 
 
 def _percent(values) -> float | None:

@@ -38,9 +38,7 @@ from groundiff.figures import MAX_TILE, captioned_grid
 from groundiff.eval.metrics import class_iou, confusion_matrix, zero_shot_scores
 from groundiff.segmenter import DataSource, Segmenter
 from groundiff.worlds.base import ClassSplit
-from groundiff.core.schema import BACKGROUND_MODES, REAL_MODES, VariantSpec
-
-
+from groundiff.core.schema import BACKGROUND_MODES, REAL_MODES, EvalZS3Params, VariantSpec
 
 #: The paper's variants (Table 2) and two real-data references.
 PAPER_VARIANTS: dict[str, VariantSpec] = {
@@ -64,6 +62,11 @@ PAPER_TABLE2_VOC: dict[str, tuple[float, float, float]] = {
     "Model-D": (83.0, 71.3, 76.7),
     "Model-E": (83.4, 74.4, 78.7),
 }
+
+
+def dvc_stage(name: str, spec: VariantSpec) -> str:
+    """The DVC stage that trains variant `name`: train_reference@ for real data alone, else train_segmenter@."""
+    return f"{'train_segmenter' if spec.synthetic else 'train_reference'}@{name}"
 
 
 def variant_sources(spec: VariantSpec, split: ClassSplit, real: RealData, synth_root: str | Path) -> list[DataSource]:
@@ -110,7 +113,7 @@ def evaluate(segmenter: Segmenter, root: str | Path, split_name: str, split: Cla
     """Score a segmenter on a fully labelled VOC-layout split; returns (scores, confusion matrix)."""
     if tuple(segmenter.classes) != tuple(split.classes):
         raise ValueError(f"the segmenter was trained on classes {list(segmenter.classes)}, but the world's "
-                         f"are {list(split.classes)}; retrain it (dvc repro train_segmenter)")
+                         f"are {list(split.classes)}; retrain it (train_segmenter)")
     if background not in BACKGROUND_MODES:
         raise ValueError(f"background: {background!r} is not one of {', '.join(BACKGROUND_MODES)}")
     n = len(split.classes) + 1
@@ -133,6 +136,31 @@ def evaluate(segmenter: Segmenter, root: str | Path, split_name: str, split: Cla
             flush()
     flush()
     return score_confusion(conf, split, background), conf
+
+
+def missing_variants(models: Path, variants: Sequence[str]) -> list[str]:
+    """The variants with no trained segmenter under `models/<variant>/`."""
+    return [v for v in variants if not (Path(models) / v / "segmenter.json").is_file()]
+
+
+def score_variants(models: Path, variants: Sequence[str], real: RealData, split: ClassSplit, cfg: EvalZS3Params,
+                   device: str = "cpu") -> tuple[dict[str, dict], dict[str, Segmenter]]:
+    """Each variant's segmenter (from `models/<variant>/`) scored on the real split `cfg.split`:
+    ({variant: scores}, {variant: segmenter})."""
+    results, segmenters = {}, {}
+    for name in variants:
+        segmenters[name] = Segmenter.from_pretrained(Path(models) / name, device=device)
+        results[name], _ = evaluate(segmenters[name], real.root, cfg.split, split, cfg.background, cfg.batch_size)
+    return results, segmenters
+
+
+def flat_metrics(results: dict[str, dict]) -> dict[str, float]:
+    """{"C.hiou": 61.2, "C.iou_star": 70.1, ...} for MLflow; classes without an IoU are left out."""
+    flat = {f"{name}.{key}": value for name, r in results.items() for key, value in r.items()
+            if key != "per_class" and value is not None}
+    flat.update({f"{name}.iou_{c}": v for name, r in results.items() for c, v in r["per_class"].items()
+                 if v is not None and np.isfinite(v)})
+    return flat
 
 
 # --------------------------------------------------------------------------- reporting
@@ -186,6 +214,18 @@ def pick_figure_images(truths: Sequence[np.ndarray], split: ClassSplit, n: int) 
     return sorted(with_unseen[:k] + seen_only[:m])
 
 
+def variants_figure(segmenters: dict[str, Segmenter], real: RealData, split: ClassSplit, cfg: EvalZS3Params,
+                    path: Path) -> Path:
+    """`prediction_figure` of `cfg.figure_images` real images (`pick_figure_images`), every variant's
+    prediction beside the truth."""
+    samples = list(read_split(Path(real.root), cfg.split))
+    truths = [label for _, _, label in samples]
+    picked = pick_figure_images(truths, split, cfg.figure_images)
+    images = [samples[i][1] for i in picked]
+    predictions = {name: seg.predict(images) for name, seg in segmenters.items()}
+    return prediction_figure(images, [truths[i] for i in picked], predictions, split, path)
+
+
 def prediction_figure(images: Sequence[np.ndarray], truths: Sequence[np.ndarray],
                       predictions: dict[str, Sequence[np.ndarray]], split: ClassSplit, path: Path, scale: int = 4,
                       truth_caption: str = "truth") -> Path:
@@ -213,6 +253,6 @@ def prediction_figure(images: Sequence[np.ndarray], truths: Sequence[np.ndarray]
 
 __all__ = [
     "BACKGROUND_MODES", "PAPER_TABLE2_VOC", "PAPER_VARIANTS", "REAL_MODES", "RealData", "VariantSpec",
-    "colourise", "evaluate", "markdown_table", "pick_figure_images", "prediction_figure", "score_confusion",
-    "variant_sources",
+    "colourise", "dvc_stage", "evaluate", "flat_metrics", "markdown_table", "missing_variants", "pick_figure_images",
+    "prediction_figure", "score_confusion", "score_variants", "variant_sources", "variants_figure",
 ]

@@ -40,7 +40,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from groundiff.core.params import ParamsError
-from groundiff.method.synthesis import SynthesisConfig, plan_synthesis, shard_rows, synthesis_stats, write_synthesis_shard
+from groundiff.method.synthesis import (SynthesisConfig, model_fingerprint, plan_synthesis, shard_rows, synthesis_stats,
+                                         synthesize, write_synthesis_shard)
 from groundiff.core.schema import DistributedConfig
 
 
@@ -244,3 +245,38 @@ def synth_dataset_distributed(source: str | Path, grounding: str | Path, split, 
         _run(c, [(_dataset_task, source, grounding, device, split, cfg, shard_rows(table, cfg.shard_size, s),
                   str(root), s) for s in plan.todo], "synth_dataset shards")
     return dataset_stats(root, split, plan)
+
+
+# --------------------------------------------------------------------------- either way
+
+
+def run_synthesize(source: str | Path, table: pd.DataFrame, cfg: SynthesisConfig, root: Path,
+                   dist: DistributedConfig, device: str = "cpu") -> dict:
+    """The `synthesize` stage's work: serially in this process when `dist.serial` (the pipeline
+    loaded here), else on the Dask cluster `dist` names (each worker loads it); the same bytes.
+
+    The model enters the fingerprint by content: a retrained model does not resume old shards.
+    """
+    model_id = model_fingerprint(source)
+    if dist.serial:
+        from groundiff.diffusion.pipeline import load_pipeline
+
+        return synthesize(load_pipeline(source, device), table, cfg, root, model_id=model_id)
+    return synthesize_distributed(source, table, cfg, root, model_id=model_id, dist=dist, device=device)
+
+
+def run_synth_dataset(source: str | Path, grounding: str | Path, split, cfg, root: Path,
+                      dist: DistributedConfig, device: str = "cpu") -> dict:
+    """The `synth_dataset` stage's work, serially or on a Dask cluster as `run_synthesize`; the
+    pipeline and the grounding module enter the fingerprint by content (retrained: start over)."""
+    model_ids = [model_fingerprint(source), model_fingerprint(grounding)]
+    if dist.serial:
+        from groundiff.diffusion.pipeline import load_pipeline
+        from groundiff.method.grounding import GroundingModule
+        from groundiff.method.synth_dataset import synth_dataset
+
+        module = GroundingModule.from_pretrained(grounding, device=device)
+        pipe = load_pipeline(source, device)
+        return synth_dataset(pipe, module, split, cfg, root, model_ids=model_ids)
+    return synth_dataset_distributed(source, grounding, split, cfg, root, model_ids=model_ids, dist=dist,
+                                     device=device)

@@ -59,7 +59,7 @@ def pseudo_label(oracle: Oracle, synth_root: Path, out_root: Path, cfg: PseudoLa
     """Label every finished synthesis shard, skipping shards already labelled (resumable)."""
     shards = complete_shards(synth_root)
     if not shards:
-        raise FileNotFoundError(f"{synth_root}: no synthesis shards; run `dvc repro synthesize` first")
+        raise FileNotFoundError(f"{synth_root}: no synthesis shards")
     # Labels of other synthesis outputs (or other settings) cannot be resumed from: start over.
     source = (synth_root / "synthesis.json").read_text() if (synth_root / "synthesis.json").is_file() else ""
     stamp = json.dumps({"source": source, "cfg": asdict(cfg), "oracle": oracle_id})
@@ -86,7 +86,7 @@ def read_labels(root: Path) -> pd.DataFrame:
     tables = [pd.read_csv(p / "labels.csv").assign(shard=p.name) for p in sorted(Path(root).glob("shard_*"))
               if (p / "labels.csv").is_file() and not p.name.endswith(".partial")]
     if not tables:
-        raise FileNotFoundError(f"{root}: no pseudo-labels; run `dvc repro pseudo_label` first")
+        raise FileNotFoundError(f"{root}: no pseudo-labels")
     return pd.concat(tables, ignore_index=True)
 
 

@@ -114,7 +114,7 @@ def check_models(pipe, module) -> None:
     if wrong:
         raise ValueError(
             f"the grounding module was built for another pipeline: {'; '.join(wrong)}. Train it on this "
-            "world's diffusion model (`dvc repro train_grounding`) or point the stage at the matching one"
+            "world's diffusion model (train_grounding) or point the stage at the matching one"
         )
 
 

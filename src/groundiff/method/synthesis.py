@@ -111,8 +111,7 @@ def plan_synthesis(table: pd.DataFrame, cfg: SynthesisConfig, root: Path, model_
     Everything that can fail on bad input fails here, before `root` is touched.
     """
     if len(table) == 0:
-        raise ValueError("the prompt table is empty: nothing to synthesize "
-                         "(set prompts.n > 0 and rerun `dvc repro prompts`)")
+        raise ValueError("the prompt table is empty: nothing to synthesize (prompts.n must be > 0)")
     n_shards = math.ceil(len(table) / cfg.shard_size)
     requested = check_shards(shards, n_shards)
     prepare_output(root, table_fingerprint(table, cfg, model_id))

@@ -26,7 +26,6 @@ only when the fingerprint of the config, classes and the data's bytes matches.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -36,10 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from groundiff.core import losslog
-from groundiff.core.checkpoint import fingerprint, resume_or_reset, save_training_state
+from groundiff.core.checkpoint import fingerprint
+from groundiff.core.training import TrainingLoop
 from groundiff.data.voc import IGNORE, load_label_png, split_ids
 from groundiff.segmenter.model import MEAN, STD, SegmenterConfig, Segmenter, build_model
 
@@ -376,22 +375,20 @@ def _train(sources: Sequence[DataSource], classes: Sequence[str], cfg: Segmenter
     ], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     # 2. resume when config, classes and data are unchanged
-    work_dir = Path(work_dir)
-    state, log_path = work_dir / "state.safetensors", work_dir / "log.csv"
     fp = fingerprint([asdict(cfg), list(classes), [asdict(s) for s in data.sources], data.fingerprint()])
-    start = resume_or_reset(work_dir, fp, {"model": model}, {"main": opt}, log_path)
+    loop = TrainingLoop(work_dir, fp, cfg.steps, {"model": model}, {"main": opt}, log_every=cfg.log_every,
+                        checkpoint_every=cfg.checkpoint_every, desc="segmenter", on_log=on_log, progress=progress)
+    start = loop.resume()
 
     # 3. train
     model.train()
-    t0, rows, pending, last = time.time(), [], [], None
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="segmenter", mininterval=5,
-               disable=not progress)
-    for step in bar:
-        lr = cfg.lr * _lr_factor(step, cfg)
+
+    def step(s: int) -> dict:
+        lr = cfg.lr * _lr_factor(s, cfg)
         for group in opt.param_groups:
             group["lr"] = lr * group["lr_mult"]
-        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout: a function of (seed, step) only
-        x, mask_labels, class_labels, valid = _batch(data, cfg, step, num_labels, device)
+        torch.manual_seed(cfg.seed * 1_000_003 + s)  # dropout: a function of (seed, step) only
+        x, mask_labels, class_labels, valid = _batch(data, cfg, s, num_labels, device)
         outputs = model(pixel_values=x, output_hidden_states=cfg.aux_loss)
         loss, parts = maskformer_loss(model, outputs, mask_labels, class_labels, valid, aux=cfg.aux_loss)
         opt.zero_grad(set_to_none=True)
@@ -399,25 +396,13 @@ def _train(sources: Sequence[DataSource], classes: Sequence[str], cfg: Segmenter
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        row = {"step": step + 1, "loss": float(loss.detach()), **parts, "lr": lr}
-        rows.append(row)
-        pending.append(row)
-        done = step + 1 == cfg.steps
-        if (step + 1) % cfg.checkpoint_every == 0 or done:
-            losslog.append_rows(log_path, pending)
-            pending = []
-            save_training_state(state, {"model": model}, {"main": opt}, {"step": step + 1})
-        if (step + 1) % cfg.log_every == 0 or done:
-            last = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "step"}
-            last.update(step=step + 1, seconds=time.time() - t0)
-            rows = []
-            bar.set_postfix(loss=f"{last['loss']:.3f}")
-            if on_log:
-                on_log(last)
+        return {"loss": float(loss.detach()), **parts, "lr": lr}
+
+    run = loop.run(step)
     model.eval()
-    seconds = time.time() - t0
-    if last is None and log_path.exists():  # nothing left to train: report the logged end
-        tail = losslog.read_rows(log_path)[-cfg.log_every:]
+    last, seconds = run.last, run.seconds
+    if last is None and loop.log.exists():  # nothing left to train: report the logged end
+        tail = losslog.read_rows(loop.log)[-cfg.log_every:]
         last = {"loss": float(np.mean([float(r["loss"]) for r in tail]))} if tail else None
     summary = {
         "samples": data.counts(), "steps": cfg.steps, "resumed_from": start,

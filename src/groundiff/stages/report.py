@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from groundiff.core import tracking
+from groundiff.core import paths, tracking
 from groundiff.core.checkpoint import write_text_atomic
-from groundiff.eval.report import build_report
+from groundiff.eval.report import SETTINGS, build_report
 from groundiff.stages.common import open_stage, run_stage
 
-OUT = Path("reports/report.md")
+OUT = paths.REPORT
 
 
 def main() -> None:
     params, world = open_stage("report")
-    with tracking.stage_run("report", {"world": params.raw.get("world", {})}) as run:
+    name = params.world.name
+    split, settings = params.world.split, {key: params.written(key) for key in SETTINGS if key in params.raw}
+    shapes = params.section("shapes") if name == "shapes" else None
+    paper = params.written(name) if world.is_paper else None
+    with tracking.stage_run("report", params.logged()) as run:
         OUT.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(OUT, build_report(params.raw, Path(".")))
+        write_text_atomic(OUT, build_report(name, split, settings, shapes=shapes, paper=paper,
+                                            how_to_run=lambda stage: f"`dvc repro {stage}`"))
         run.log_artifact(OUT)
     print(f"report: wrote {OUT}")
 

@@ -6,65 +6,22 @@ shapes: rendered (VOC layout + COCO JSON). voc: PASCAL VOC 2012 (+ SBD) linked i
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-from PIL import Image
-
-from groundiff.core import tracking
-from groundiff.core.params import to_dict
-from groundiff.data.voc import read_split, voc_palette
-from groundiff.worlds.paper_data import build_coco, build_voc
-from groundiff.core.io import atomic_dir, write_json
+from groundiff.core import paths, tracking
+from groundiff.core.io import write_json
 from groundiff.stages.common import open_stage, run_stage
-from groundiff.worlds.active import World
-from groundiff.worlds.preflight import require_paper_world
-from groundiff.worlds.shapes_data import WorldDataConfig, write_real_dataset
+from groundiff.worlds.real_data import build_real_data, preview
 
-METRICS = Path("metrics/world_data.json")
-PREVIEW = Path("reports/figures/world_data_val.png")
-
-
-def preview(root: Path, n: int = 8, scale: int = 4, size: int = 32) -> Image.Image:
-    """Val images above their colour-coded labels: what the dataset looks like at a glance."""
-    samples = [s for _, s in zip(range(n), read_split(root, "val"))]
-    palette = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
-
-    def tile(array: np.ndarray) -> np.ndarray:  # real photos differ in size: show them all at size x size
-        return np.array(Image.fromarray(array).resize((size, size), Image.NEAREST))
-
-    top = np.concatenate([tile(img) for _, img, _ in samples], axis=1)
-    bottom = np.concatenate([tile(palette[lab]) for _, _, lab in samples], axis=1)
-    grid = np.concatenate([top, bottom], axis=0)
-    return Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-
-
-def build_paper_world(active: World, out: Path) -> dict:
-    """voc / coco: the downloaded dataset as `out` (VOC layout); returns image counts per split."""
-    world, settings = active.name, active.paper
-    require_paper_world(world, settings)
-    with atomic_dir(out) as tmp:
-        if world == "voc":
-            sbd = Path(settings.sbd_root) if settings.sbd_root else None
-            stats = build_voc(Path(settings.data_root), tmp, sbd, settings.max_train, settings.max_val)
-        else:
-            stats = build_coco(Path(settings.data_root), tmp, settings.max_train, settings.max_val)
-    return stats
+METRICS = paths.metrics("world_data")
+PREVIEW = paths.WORLD_DATA_PREVIEW
 
 
 def main() -> None:
     params, world = open_stage("world_data")
-    split = world.split
-    out = Path(world.real_data.root)
-    shapes = params.world.name == "shapes"
-    cfg = params.section("world_data") if shapes else None
-    logged = {**params.logged(), **({"world_data": to_dict(cfg)} if shapes else {})}
-    with tracking.stage_run("world_data", logged) as run:
-        if shapes:
-            with atomic_dir(out) as tmp:
-                stats = write_real_dataset(tmp, split, cfg)
-        else:
-            stats = build_paper_world(world, out)
+    world.split  # noqa: B018  (read before the run is logged: shapes' train labels hide its unseen classes)
+    out = paths.real_data(world.name)
+    cfg = params.section("world_data") if world.name == "shapes" else None
+    with tracking.stage_run("world_data", params.logged()) as run:
+        stats = build_real_data(world, cfg, out)
         write_json(METRICS, stats)
         PREVIEW.parent.mkdir(parents=True, exist_ok=True)
         preview(out).save(PREVIEW)
@@ -74,7 +31,7 @@ def main() -> None:
         })
         run.log_artifact(PREVIEW)
     print(f"world_data: {stats['train']['images']} train and {stats['val']['images']} val images of the "
-          f"{params.world.name} world in {out}")
+          f"{world.name} world in {out}")
 
 
 if __name__ == "__main__":

@@ -11,37 +11,25 @@ pointing a paper world at another checkpoint re-runs them, while changing only t
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from groundiff.core.io import write_json
 from groundiff.core import paths
+from groundiff.core.io import write_json
 from groundiff.stages.common import open_stage, run_stage
-from groundiff.worlds.preflight import describe_sources, require_paper_world
-
-OUT = Path("metrics/world_setup.json")
-
-
-def sources_path(world: str) -> Path:
-    return Path("worlds") / world / "sources.json"
+from groundiff.worlds.preflight import describe_sources, require_paper_world, shapes_sources
 
 
 def main() -> None:
     params, active = open_stage("world_setup")
-    world = active.name
-    split = active.split
+    world, split = active.name, active.split
     summary = {"world": world, "split": params.world.split, "seen": list(split.seen), "unseen": list(split.unseen)}
     if world == "shapes":
-        # Made here by the world_* stages (or shipped in git): nothing to fetch.
-        sources = {"world": world, "diffusion": {"trained_by": "world_diffusion", "folder": str(paths.world_diffusion("shapes"))},
-                   "oracle": {"trained_by": "world_detector", "folder": str(paths.world_detector("shapes"))},
-                   "data": {"rendered_by": "world_data"}}
+        sources = shapes_sources()
     else:
         settings = active.paper
         require_paper_world(world, settings)
         sources = describe_sources(world, settings)
         summary.update(diffusion=settings.diffusion, data_root=settings.data_root)
-    write_json(sources_path(world), sources)
-    write_json(OUT, summary)
+    write_json(paths.world_sources(world), sources)
+    write_json(paths.metrics("world_setup"), summary)
     print(f"world_setup: {world} world ready (split {params.world.split}: {len(summary['seen'])} seen, "
           f"{len(summary['unseen'])} unseen classes)")
 

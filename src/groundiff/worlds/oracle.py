@@ -154,8 +154,8 @@ class TorchvisionOracle:
         config_path, weights = folder / "config.json", folder / "model.safetensors"
         if not config_path.is_file() or not weights.is_file():
             raise FileNotFoundError(
-                f"{folder}: no detector here (need config.json and model.safetensors). In the shapes "
-                "world run `dvc repro world_detector`; elsewhere set the oracle path in params.yaml"
+                f"{folder}: no detector here (need config.json and model.safetensors; the shapes world's is "
+                "made by its world_detector stage); elsewhere set the oracle path in params.yaml"
             )
         raw = json.loads(config_path.read_text())
         arch = DetectorArch(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})

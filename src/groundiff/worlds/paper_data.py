@@ -7,6 +7,7 @@
   0 = background, 255 = crowd regions), smaller instances painted over larger ones.
 
 Both write ImageSets/Segmentation/{train,val}.txt; `max_train` / `max_val` cut a dry run short.
+`build_paper_world` checks the world is complete, then builds the folder whole or not at all.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from groundiff.core.io import atomic_dir
+from groundiff.core.schema import PaperWorldParams
 from groundiff.data.voc import IGNORE, save_label_png, split_ids
 from groundiff.worlds.paper import COCO_CLASSES
+from groundiff.worlds.preflight import require_paper_world
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -113,4 +117,16 @@ def build_coco(coco_root: Path, out: Path, max_train: int = 0, max_val: int = 0)
         stats[split] = {"images": len(ids)}
     _write_lists(out, lists)
     (out / "classes.json").write_text(json.dumps(list(COCO_CLASSES)) + "\n")
+    return stats
+
+
+def build_paper_world(world: str, settings: PaperWorldParams, out: Path) -> dict:
+    """voc / coco: the downloaded dataset as `out` (VOC layout); returns image counts per split."""
+    require_paper_world(world, settings)
+    with atomic_dir(out) as tmp:
+        if world == "voc":
+            sbd = Path(settings.sbd_root) if settings.sbd_root else None
+            stats = build_voc(Path(settings.data_root), tmp, sbd, settings.max_train, settings.max_val)
+        else:
+            stats = build_coco(Path(settings.data_root), tmp, settings.max_train, settings.max_val)
     return stats

@@ -3,15 +3,15 @@
 Stable Diffusion, the COCO Mask R-CNN and PASCAL VOC / COCO cannot be fetched at run time on
 every machine, so before any long stage starts `check_paper_world` lists everything missing, each
 with how to provide it, and `require_paper_world` raises one error carrying the whole list.
+`describe_sources` / `shapes_sources` say what a world's models and data are (sources.json).
 """
 
 from __future__ import annotations
 
-from groundiff.core.paths import looks_like_hub_id
-
-from groundiff.core.schema import OracleParams, PaperWorldParams
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from groundiff.core.paths import looks_like_hub_id, world_detector, world_diffusion
+from groundiff.core.schema import OracleParams, PaperWorldParams
 
 
 class WorldSetupError(FileNotFoundError):
@@ -155,6 +155,14 @@ def describe_sources(world: str, params: PaperWorldParams) -> dict:
     return {"world": world, "diffusion": describe_diffusion(params.diffusion), "oracle": describe_oracle(params.oracle),
             "data": {"data_root": params.data_root, "sbd_root": params.sbd_root or None,
                      "max_train": params.max_train, "max_val": params.max_val}}
+
+
+def shapes_sources() -> dict:
+    """The shapes world's record: its models are made by the world_* stages (or shipped in git),
+    its data rendered by world_data; nothing to fetch."""
+    return {"world": "shapes", "diffusion": {"trained_by": "world_diffusion", "folder": str(world_diffusion("shapes"))},
+            "oracle": {"trained_by": "world_detector", "folder": str(world_detector("shapes"))},
+            "data": {"rendered_by": "world_data"}}
 
 
 def require_paper_world(world: str, params: PaperWorldParams) -> None:

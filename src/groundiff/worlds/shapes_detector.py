@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,8 +20,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from groundiff.core import losslog
-from groundiff.core.checkpoint import fingerprint, resume_or_reset, save_training_state
+from groundiff.core.checkpoint import fingerprint
+from groundiff.core.training import TrainingLoop
 from groundiff.worlds.oracle import DetectorArch, TorchvisionOracle, build_maskrcnn
 from groundiff.core.schema import DetectorConfig
 
@@ -31,7 +30,7 @@ def load_coco_split(root: Path, split: str) -> list[dict]:
     """Images and targets (boxes xyxy, labels, masks) of one split, all in memory (they are tiny)."""
     ann_file = root / "annotations" / f"instances_{split}.json"
     if not ann_file.is_file():
-        raise FileNotFoundError(f"{ann_file}: missing; run `dvc repro world_data` first")
+        raise FileNotFoundError(f"{ann_file}: missing (world_data writes it)")
     data = json.loads(ann_file.read_text())
     by_image: dict[int, list[dict]] = {}
     for ann in data["annotations"]:
@@ -86,24 +85,28 @@ def arch_for(cfg: DetectorConfig, classes: tuple[str, ...]) -> DetectorArch:
 
 
 def train_detector(data_root: Path, classes: tuple[str, ...], cfg: DetectorConfig, work_dir: Path,
-                   device: str = "cpu", on_log: Callable[[dict], None] | None = None) -> TorchvisionOracle:
-    """Train on `data_root`'s COCO train split, resuming from `work_dir` when its state matches."""
+                   device: str = "cpu", on_log: Callable[[dict], None] | None = None, *,
+                   log_every: int = 20, checkpoint_every: int = 100) -> TorchvisionOracle:
+    """Train on `data_root`'s COCO train split, resuming from `work_dir` when its state matches.
+
+    `work_dir` keeps the state and the loss log (`log.csv`: step, loss, the Mask R-CNN losses);
+    `on_log` gets the loop's report every `log_every` steps."""
     torch.manual_seed(cfg.seed)
     arch = arch_for(cfg, classes)
     model = build_maskrcnn(arch).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state, log_path = work_dir / "state.safetensors", work_dir / "log.csv"
-    fp = fingerprint([asdict(cfg), list(classes)])
-    start = resume_or_reset(work_dir, fp, {"model": model}, {"main": opt}, log_path, fp_name="config_fingerprint")
+    loop = TrainingLoop(work_dir, fingerprint([asdict(cfg), list(classes)]), cfg.steps, {"model": model},
+                        {"main": opt}, log_every=log_every, checkpoint_every=checkpoint_every, desc="detector",
+                        on_log=on_log)
+    loop.resume()
     samples = load_coco_split(data_root, "train")
     model.train()
-    t0, rows = time.time(), []
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="detector", mininterval=5)
-    for step in bar:
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+
+    def step(s: int) -> dict:
+        lr = cfg.lr * min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        rng = np.random.default_rng([cfg.seed, step])
+        rng = np.random.default_rng([cfg.seed, s])
         batch = [_to_target(samples[i], rng if cfg.augment else None, device)
                  for i in rng.integers(len(samples), size=cfg.batch_size)]
         losses = model([b[0] for b in batch], [b[1] for b in batch])
@@ -112,16 +115,9 @@ def train_detector(data_root: Path, classes: tuple[str, ...], cfg: DetectorConfi
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
-        rows.append({"step": step + 1, "loss": loss.item(), **{k: v.item() for k, v in losses.items()}})
-        if (step + 1) % 20 == 0 or step + 1 == cfg.steps:
-            bar.set_postfix(loss=f"{np.mean([r['loss'] for r in rows]):.3f}")
-            losslog.append_rows(log_path, rows)
-            if on_log:
-                on_log({"loss": float(np.mean([r["loss"] for r in rows])), "step": step + 1,
-                        "seconds": time.time() - t0})
-            rows = []
-        if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
-            save_training_state(state, {"model": model}, {"main": opt}, {"step": step + 1})
+        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+
+    loop.run(step)
     model.eval()
     return TorchvisionOracle(model, tuple(classes), device=device, arch=arch)
 

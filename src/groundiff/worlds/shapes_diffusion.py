@@ -18,16 +18,18 @@ paper's code path is the same for every world:
   the noisy timesteps where the layout (which shape goes where) is decided.
 
 Training is a pure function of the config: batch `s` is rendered from seeds derived from
-`(seed, s)`, so a run resumed from a checkpoint continues exactly where it stopped. Each phase
-ends by writing its weights (`vae.safetensors`, `unet_cycle1.safetensors`,
-`unet_cycle2.safetensors`), so a finished phase is never redone; `seed_first_cycle` writes the
-first two from a shipped pipeline, so that a longer second cycle continues from shipped weights.
+`(seed, s)`, so a run resumed from a checkpoint continues exactly where it stopped. Every phase
+runs `core.training`'s loop and ends by writing its weights (`vae.safetensors`,
+`unet_cycle1.safetensors`, `unet_cycle2.safetensors`) with its fingerprint (VAE and cycle 1: the
+first-cycle fields; cycle 2: all), so a finished phase is not redone for the same params;
+`seed_first_cycle` writes the first two from a shipped pipeline, so that a longer second cycle
+continues from shipped weights (`shapes_continue` finds them).
 """
 
 from __future__ import annotations
 
+import csv
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,10 +37,10 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from groundiff.core import losslog
-from groundiff.core.checkpoint import fingerprint, load_training_state, save_training_state
+from groundiff.core.checkpoint import fingerprint, load_training_state
+from groundiff.core.training import TrainingLoop, load_finished, save_finished
 from groundiff.worlds.shapes import BACKGROUND_COLOURS, CLASSES, OBJECT_COLOURS, Scene, SceneSpec, render_scene
 from groundiff.worlds.tokenizer import build_word_tokenizer
 from groundiff.core.schema import DiffusionConfig, RunOptions
@@ -186,8 +188,8 @@ class Cycle:
     stream: int  # render_batch data stream: each cycle sees its own scenes
 
     @property
-    def state(self) -> str:
-        return f"unet_{self.name}_state.safetensors"
+    def prefix(self) -> str:  # of the cycle's state and log in the work dir
+        return f"unet_{self.name}_"
 
     @property
     def weights(self) -> str:
@@ -195,7 +197,7 @@ class Cycle:
 
     @property
     def log(self) -> str:
-        return f"unet_{self.name}_log.csv"
+        return f"{self.prefix}log.csv"
 
 
 def cycles(cfg: DiffusionConfig) -> list[Cycle]:
@@ -251,26 +253,30 @@ def _autocast(opts: RunOptions):
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=opts.mixed_precision == "bf16")
 
 
+def _fingerprints(cfg: DiffusionConfig) -> dict[str, str]:
+    """Each phase's fingerprint: the VAE and cycle 1 depend on the first-cycle fields, cycle 2 on all."""
+    first = fingerprint(first_cycle_config(cfg))
+    return {"vae": first, "cycle1": first, "cycle2": fingerprint(asdict(cfg))}
+
+
 def train_vae(vae, cfg: DiffusionConfig, opts: RunOptions, work_dir: Path,
               on_log: Callable[[dict], None] | None = None) -> dict:
     """Phase 1: the autoencoder, on the posterior mean (MSE + L1; tiny KL keeps latents bounded)."""
-    ckpt, log_path, done = work_dir / "vae_state.safetensors", work_dir / "vae_log.csv", work_dir / "vae.safetensors"
-    if done.exists():
-        load_training_state(done, {"vae": vae}, {})
+    fp, done = _fingerprints(cfg)["vae"], work_dir / "vae.safetensors"
+    if load_finished(done, fp, {"vae": vae}):
         vae.to(opts.device).eval()
         return {"vae_steps": cfg.vae_steps}
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
-    start = 0
-    if ckpt.exists():
-        start = load_training_state(ckpt, {"vae": vae}, {"vae": opt})["step"]
-        losslog.truncate(log_path, start)
+    report = on_log and (lambda m: on_log({"vae_loss": m["loss"], "vae_psnr": m["psnr"], "step": m["step"]}))
+    loop = TrainingLoop(work_dir, fp, cfg.vae_steps, {"vae": vae}, {"vae": opt}, log_every=opts.log_every,
+                        checkpoint_every=opts.checkpoint_every, desc="vae", on_log=report, prefix="vae_")
+    loop.resume()
     vae.to(opts.device).train()
-    rows: list[dict] = []
-    bar = tqdm(range(start, cfg.vae_steps), initial=start, total=cfg.vae_steps, desc="vae", mininterval=5)
-    for step in bar:
+
+    def step(s: int) -> dict:
         for group in opt.param_groups:  # cosine decay: the VAE trains in minutes
-            group["lr"] = cfg.vae_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
-        images, _ = render_batch(cfg, step, cfg.vae_batch_size, stream=0)
+            group["lr"] = cfg.vae_lr * 0.5 * (1 + math.cos(math.pi * s / cfg.vae_steps))
+        images, _ = render_batch(cfg, s, cfg.vae_batch_size, stream=0)
         images = images.to(opts.device)
         with _autocast(opts):
             posterior = vae.encode(images).latent_dist
@@ -283,18 +289,11 @@ def train_vae(vae, cfg: DiffusionConfig, opts: RunOptions, work_dir: Path,
         loss.backward()
         opt.step()
         psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-10))  # images span [-1, 1]: peak^2 = 4
-        rows.append({"step": step + 1, "loss": loss.item(), "psnr": psnr})
-        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.1f}")
-        if (step + 1) % opts.log_every == 0 or step + 1 == cfg.vae_steps:
-            losslog.append_rows(log_path, rows)
-            if on_log:
-                on_log({"vae_loss": rows[-1]["loss"], "vae_psnr": psnr, "step": step + 1})
-            rows = []
-        if (step + 1) % opts.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
-            save_training_state(ckpt, {"vae": vae}, {"vae": opt}, {"step": step + 1})
+        return {"loss": loss.item(), "psnr": psnr}
+
+    loop.run(step)
     vae.eval()
-    save_training_state(done, {"vae": vae}, {}, {"step": cfg.vae_steps})
-    ckpt.unlink(missing_ok=True)
+    loop.finish(done, {"vae": vae})
     return {"vae_steps": cfg.vae_steps}
 
 
@@ -322,11 +321,10 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
     """
     vae, unet, text_encoder = components["vae"], components["unet"], components["text_encoder"]
     tokenizer, noise_scheduler = components["tokenizer"], components["noise_scheduler"]
-    ckpt, log_path, done = work_dir / cycle.state, work_dir / cycle.log, work_dir / cycle.weights
+    fp, log_path, done = _fingerprints(cfg)[cycle.name], work_dir / cycle.log, work_dir / cycle.weights
     models = {"unet": unet, "text": text_encoder}
     dev = opts.device
-    if done.exists():
-        load_training_state(done, models, {})
+    if load_finished(done, fp, models):
         unet.to(dev).eval()
         text_encoder.to(dev).eval()
         return {f"{cycle.name}_steps": cycle.steps, "final_loss": _mean_tail(log_path)}
@@ -338,23 +336,24 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cycle.lr, weight_decay=cfg.weight_decay)
     ema_unet, ema_text = EMA(unet, cfg.ema_decay), EMA(text_encoder, cfg.ema_decay)
-    state_modules = {**models, "ema_unet": ema_unet.shadow, "ema_text": ema_text.shadow}
-    start = 0
-    if ckpt.exists():
-        start = load_training_state(ckpt, state_modules, {"main": opt})["step"]
-        losslog.truncate(log_path, start)
-    else:
-        log_path.unlink(missing_ok=True)
+    seen = [0]  # images this call, for the rate
+
+    def report(m: dict) -> None:  # curves over both cycles share one step axis
+        on_log({"unet_loss": m["loss"], "images_per_s": seen[0] / m["seconds"],
+                "step": m["step"] + _offset(cfg, cycle)})
+
+    loop = TrainingLoop(work_dir, fp, cycle.steps, {**models, "ema_unet": ema_unet.shadow, "ema_text": ema_text.shadow},
+                        {"main": opt}, log_every=opts.log_every, checkpoint_every=opts.checkpoint_every,
+                        desc=f"unet {cycle.name}", on_log=on_log and report, prefix=cycle.prefix)
+    start = loop.resume()
     alphas = noise_scheduler.alphas_cumprod.to(dev)
-    rows: list[dict] = []
-    t0, seen = time.time(), 0
-    bar = tqdm(range(start, cycle.steps), initial=start, total=cycle.steps, desc=f"unet {cycle.name}",
-               mininterval=5)
     data = batches(cfg, cycle.batch_size, cycle.stream, start, cycle.steps, opts.data_workers)
-    for step, (images, captions) in zip(bar, data):
+
+    def step(s: int) -> dict:
+        images, captions = next(data)
         for group in opt.param_groups:
-            group["lr"] = cycle.lr * lr_factor(step, cfg, cycle.steps)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + (cycle.stream - 1) * 7_919)
+            group["lr"] = cycle.lr * lr_factor(s, cfg, cycle.steps)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + s + (cycle.stream - 1) * 7_919)
         with torch.no_grad(), _autocast(opts):
             latents = vae.encode(images.to(dev)).latent_dist.mean.float() * scaling_factor
         noise = torch.randn(latents.shape, generator=gen).to(dev)
@@ -373,26 +372,17 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
         opt.step()
         ema_unet.update(unet)
         ema_text.update(text_encoder)
-        seen += latents.shape[0]
+        seen[0] += latents.shape[0]
         # The logged loss is the plain MSE in every cycle, so the curves stay comparable.
-        rows.append({"step": step + 1, "loss": per_sample.mean().item(), "lr": opt.param_groups[0]["lr"]})
-        if (step + 1) % opts.log_every == 0 or step + 1 == cycle.steps:
-            avg = sum(r["loss"] for r in rows) / len(rows)
-            rate = seen / (time.time() - t0)
-            bar.set_postfix(loss=f"{avg:.4f}", img_s=f"{rate:.1f}")
-            losslog.append_rows(log_path, rows)
-            if on_log:
-                on_log({"unet_loss": avg, "images_per_s": rate, "step": step + 1 + _offset(cfg, cycle)})
-            rows = []
-        if (step + 1) % opts.checkpoint_every == 0 or step + 1 == cycle.steps:
-            save_training_state(ckpt, state_modules, {"main": opt}, {"step": step + 1})
+        return {"loss": per_sample.mean().item(), "lr": opt.param_groups[0]["lr"]}
+
+    loop.run(step)
     # The cycle's result is its EMA weights.
     unet.load_state_dict(ema_unet.shadow)
     text_encoder.load_state_dict(ema_text.shadow)
     unet.eval()
     text_encoder.eval()
-    save_training_state(done, models, {}, {"step": cycle.steps})
-    ckpt.unlink(missing_ok=True)
+    loop.finish(done, models)
     return {f"{cycle.name}_steps": cycle.steps, "final_loss": _mean_tail(log_path)}
 
 
@@ -408,6 +398,19 @@ def loss_curve(cfg: DiffusionConfig, work_dir: Path) -> list[dict]:
         rows += [{"step": int(r["step"]) + _offset(cfg, cycle), "loss": float(r["loss"]), "cycle": cycle.name}
                  for r in losslog.read_rows(work_dir / cycle.log)]
     return rows
+
+
+def write_loss_plot(rows: list[dict], path: Path, every: int = 20) -> None:
+    """A loss curve (`loss_curve`'s rows) as CSV (step, loss): the mean of each `every`-step window."""
+    windows: dict[int, list[float]] = {}
+    for r in rows:
+        windows.setdefault((int(r["step"]) - 1) // every, []).append(float(r["loss"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "loss"])
+        for w, losses in sorted(windows.items()):
+            writer.writerow([(w + 1) * every, sum(losses) / len(losses)])
 
 
 def _mean_tail(log_path: Path, n: int = 200) -> float:
@@ -437,33 +440,13 @@ def assemble_pipeline(components: dict, scaling_factor: float):
     )
 
 
-def _guard_state(work_dir: Path, cfg: DiffusionConfig) -> None:
-    """Delete state written for other params: all of it if the first cycle's params changed,
-    only the second cycle's if only `finetune_*` changed (so a longer fine-tune reuses cycle 1)."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    base_file, full_file = work_dir / "fingerprint_cycle1", work_dir / "fingerprint_cycle2"
-    base, full = fingerprint(first_cycle_config(cfg)), fingerprint(asdict(cfg))
-    def stale(path: Path, fp: str) -> bool:
-        return not path.exists() or path.read_text().strip() != fp
-    if stale(base_file, base):
-        if any(work_dir.iterdir()):
-            print(f"world_diffusion: {work_dir} holds training state for other params; starting over")
-        for path in work_dir.iterdir():
-            path.unlink()
-    elif stale(full_file, full):
-        for path in work_dir.glob("unet_cycle2*"):
-            path.unlink()
-    base_file.write_text(base)
-    full_file.write_text(full)
-
-
 def seed_first_cycle(pipeline_dir: Path, cfg: DiffusionConfig, work_dir: Path,
                      loss_rows: list[dict] | None = None) -> None:
-    """Write the VAE and first-cycle weights of a shipped pipeline into `work_dir`.
+    """Write the VAE and first-cycle weights of a shipped pipeline into `work_dir` as finished phases.
 
-    The caller vouches that `pipeline_dir` was trained with `cfg`'s first-cycle fields (the
-    stage checks dvc.lock); the architecture is checked here. Training then goes straight to
-    the second cycle. `loss_rows` ({"step", "loss"}) keep the first cycle's curve in the plots.
+    The caller vouches that `pipeline_dir` was trained with `cfg`'s first-cycle fields
+    (`seed_from_shipped` checks dvc.lock); the architecture is checked here. Training then goes
+    straight to the second cycle. `loss_rows` ({"step", "loss"}) keep the first cycle's curve in the plots.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -481,13 +464,12 @@ def seed_first_cycle(pipeline_dir: Path, cfg: DiffusionConfig, work_dir: Path,
         if want != have:
             raise ValueError(f"{pipeline_dir}/{name} does not have the architecture world_diffusion.model "
                              "describes; it cannot seed the first cycle")
-    _guard_state(work_dir, cfg)
-    for path in work_dir.glob("unet_cycle*"):
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for path in [*work_dir.glob("unet_cycle*"), *work_dir.glob("vae*")]:
         path.unlink()
-    for path in work_dir.glob("vae*"):
-        path.unlink()
-    save_training_state(work_dir / "vae.safetensors", {"vae": vae}, {}, {"step": cfg.vae_steps})
-    save_training_state(work_dir / cycles(cfg)[0].weights, {"unet": unet, "text": text}, {}, {"step": cfg.steps})
+    fps = _fingerprints(cfg)
+    save_finished(work_dir / "vae.safetensors", {"vae": vae}, fps["vae"], cfg.vae_steps)
+    save_finished(work_dir / cycles(cfg)[0].weights, {"unet": unet, "text": text}, fps["cycle1"], cfg.steps)
     if loss_rows:
         losslog.append_rows(work_dir / cycles(cfg)[0].log, loss_rows)
 
@@ -496,12 +478,13 @@ def train_diffusion(cfg: DiffusionConfig, opts: RunOptions, out_dir: Path, work_
                     on_log: Callable[[dict], None] | None = None) -> dict:
     """Train the world's diffusion model (resuming from `work_dir`) and save it to `out_dir`.
 
-    Returns summary metrics. `work_dir` holds resumable safetensors states; a state written
-    for different params is refused rather than silently mixed in.
+    Returns summary metrics. `work_dir` holds each phase's resumable state, loss log and, once the
+    phase is done, its weights; each is used only for the params it was made with (changing only
+    `finetune_*` keeps the VAE and cycle 1).
     """
     if opts.num_threads:
         torch.set_num_threads(opts.num_threads)
-    _guard_state(work_dir, cfg)
+    work_dir.mkdir(parents=True, exist_ok=True)
     components = build_components(cfg)
     metrics = train_vae(components["vae"], cfg, opts, work_dir, on_log)
     scaling = latent_scaling_factor(components["vae"], cfg, opts.device)

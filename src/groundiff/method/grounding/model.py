@@ -410,7 +410,7 @@ class GroundingModule(nn.Module):
         if missing:
             raise FileNotFoundError(
                 f"no trained grounding module in {folder} (missing {', '.join(missing)}): "
-                "train one with `dvc repro train_grounding`"
+                "the train_grounding stage trains one"
             )
         raw = json.loads((folder / CONFIG_NAME).read_text())
         known = {f.name for f in fields(GroundingConfig)}

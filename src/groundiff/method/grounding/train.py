@@ -40,10 +40,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from groundiff.core import losslog
-from groundiff.core.checkpoint import fingerprint, load_training_state, read_meta, save_training_state
+from groundiff.core.checkpoint import fingerprint
+from groundiff.core.training import TrainingLoop
 from groundiff.data.shards import complete_shards, read_shard
 from groundiff.diffusion.capture import replay_features
 from groundiff.diffusion.pipeline import image_size
@@ -53,12 +53,8 @@ from groundiff.method.pseudo_label import load_mask, read_labels
 from groundiff.core.schema import STRATEGIES, TrainConfig, check_strategy
 
 
-STATE_NAME = "state.safetensors"  # resumable training state in the work dir
-LOG_NAME = "log.csv"  # per-step loss (columns step, loss) in the work dir
-
 #: TrainConfig fields that change how a run is carried out, not its result.
 _RUN_OPTIONS = ("checkpoint_every", "log_every")
-
 
 
 # --- 1. data ------------------------------------------------------------------------------------
@@ -88,7 +84,7 @@ def load_training_set(synth_root: Path, labels_root: Path,
     synth_root, labels_root = Path(synth_root), Path(labels_root)
     shards = complete_shards(synth_root)
     if not shards:
-        raise FileNotFoundError(f"{synth_root}: no synthesis shards; run `dvc repro synthesize` first")
+        raise FileNotFoundError(f"{synth_root}: no synthesis shards (synthesize writes them)")
     labels = read_labels(labels_root)
     by_image = {key: rows.sort_values("k") for key, rows in labels.groupby(["shard", "index"])}
     keep = None if classes is None else set(classes)
@@ -99,14 +95,14 @@ def load_training_set(synth_root: Path, labels_root: Path,
             rows = by_image.get((shard.name, s.index))
             if rows is None or rows["k"].tolist() != list(range(len(s.classes))):
                 raise FileNotFoundError(
-                    f"{labels_root / shard.name}: no pseudo-labels for image {s.index} of {shard}; "
-                    "rerun `dvc repro pseudo_label`"
+                    f"{labels_root / shard.name}: no pseudo-labels for image {s.index} of {shard} "
+                    "(pseudo_label writes them)"
                 )
             if rows["class"].tolist() != s.classes:
                 raise ValueError(
                     f"{labels_root / shard.name}: labels of image {s.index} name {rows['class'].tolist()} "
                     f"but its prompt has {s.classes}: the labels belong to another synthesis run; "
-                    "rerun `dvc repro pseudo_label`"
+                    "rerun pseudo_label"
                 )
             stats["images_read"] += 1
             stats["instances_read"] += len(s.classes)
@@ -212,7 +208,7 @@ def grounding_loss(logits: Tensor, targets: Tensor, found: Tensor, class_mask: T
     return loss, int(weight.sum())
 
 
-# --- 5. log and state -----------------------------------------------------------------------
+# --- 5. log and fingerprint -----------------------------------------------------------------
 
 
 def read_loss_log(path: Path) -> list[tuple[int, float]]:
@@ -245,11 +241,10 @@ def train_grounding(pipe, synth_root: Path, labels_root: Path, seen_classes: Seq
                     on_log: Callable[[dict], None] | None = None) -> tuple[GroundingModule, dict]:
     """Train a grounding module for `pipe`'s UNet (resuming from `work_dir`); returns it in eval mode.
 
-    `on_log` gets {"step", "loss"} (the mean loss since the last report) every `log_every` steps.
-    `work_dir` keeps the resumable state and the per-step loss log (`log.csv`: step, loss).
+    `on_log` gets the loop's report ({"loss" (the mean since the last report), "step", "seconds"})
+    every `log_every` steps. `work_dir` keeps the resumable state and the loss log (`log.csv`: step, loss).
     """
     started = time.time()
-    work_dir = Path(work_dir)
     check_strategy(cfg.strategy)
     if cfg.seen_only and not seen_classes:
         raise ValueError("no seen classes to train on: pass the world's seen classes (or seen_only=False)")
@@ -296,36 +291,23 @@ def train_grounding(pipe, synth_root: Path, labels_root: Path, seen_classes: Seq
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=0.0)  # paper: no decay, no schedule
 
     # resume when the saved state was made by this very config, data and UNet
-    work_dir.mkdir(parents=True, exist_ok=True)
-    state_path, log_path = work_dir / STATE_NAME, work_dir / LOG_NAME
     result_fields = {k: v for k, v in asdict(cfg).items() if k not in _RUN_OPTIONS}
     fp = fingerprint({"train": result_fields, "model": asdict(gcfg), "unet": _unet_fingerprint(pipe.unet),
                       "data": _data_fingerprint(samples, synth_root, labels_root)})
-    start, seconds = 0, 0.0
-    if state_path.exists() and read_meta(state_path).get("fingerprint") == fp:
-        meta = load_training_state(state_path, {"module": model}, {"adam": opt})
-        start, seconds = meta["step"], meta["train_seconds"]
-    elif state_path.exists():
-        print(f"train_grounding: {state_path} was written for another config or data; starting over")
-        state_path.unlink()
-    if start:
-        losslog.truncate(log_path, start)
-    else:
-        log_path.unlink(missing_ok=True)
+    loop = TrainingLoop(work_dir, fp, cfg.steps, {"module": model}, {"adam": opt}, log_every=cfg.log_every,
+                        checkpoint_every=cfg.checkpoint_every, desc="train_grounding", on_log=on_log)
 
-    # the loop: step s is batch s % n_batches of epoch s // n_batches (the "rng position")
+    # step s is batch s % n_batches of epoch s // n_batches (the "rng position")
     n_batches = -(-len(samples) // cfg.batch_size)
-    order_epoch, order = -1, []
-    unsaved: list[tuple[int, float]] = []  # (step, loss) rows not yet in the CSV
-    window: list[float] = []  # losses since the last report
-    t0 = time.time() - seconds  # training time of earlier (interrupted) runs counts too
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train_grounding", mininterval=5)
-    for step in bar:
-        epoch, pos = divmod(step, n_batches)
-        if epoch != order_epoch:
-            order_epoch, order = epoch, batch_order(len(samples), cfg.batch_size, cfg.seed, epoch)
+    order: dict[int, list[list[int]]] = {}  # the current epoch's batches
+
+    def step(s: int) -> dict:
+        epoch, pos = divmod(s, n_batches)
+        if epoch not in order:
+            order.clear()
+            order[epoch] = batch_order(len(samples), cfg.batch_size, cfg.seed, epoch)
         # every image here has a supervised class (see 1.), so every batch has something to learn
-        batch = collate([samples[i] for i in order[pos]], class_index)
+        batch = collate([samples[i] for i in order[epoch][pos]], class_index)
         feats = replay_batch(pipe, batch.latents, batch.timesteps, batch.prompts)  # frozen UNet, no grad
         feats = [f.to(device) for f in feats]
         class_mask = batch.class_mask.to(device)
@@ -336,26 +318,14 @@ def train_grounding(pipe, synth_root: Path, labels_root: Path, seen_classes: Seq
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        unsaved.append((step + 1, loss.item()))
-        window.append(loss.item())
-        last = step + 1 == cfg.steps
-        if (step + 1) % cfg.log_every == 0 or last:
-            losslog.append_rows(log_path, [{"step": st, "loss": lo} for st, lo in unsaved])
-            unsaved, mean, window = [], sum(window) / len(window), []
-            bar.set_postfix(loss=f"{mean:.4f}")
-            if on_log:
-                on_log({"step": step + 1, "loss": mean})
-        if (step + 1) % cfg.checkpoint_every == 0 or last:
-            losslog.append_rows(log_path, [{"step": st, "loss": lo} for st, lo in unsaved])  # the log must reach the state's step
-            unsaved = []
-            save_training_state(state_path, {"module": model}, {"adam": opt},
-                                {"step": step + 1, "fingerprint": fp, "train_seconds": time.time() - t0,
-                                 "epoch": epoch, "batch_in_epoch": pos + 1})
+        return {"loss": loss.item()}
+
+    run = loop.run(step)
 
     # summary
-    losses = [v for _, v in read_loss_log(log_path)] if log_path.exists() else []
+    losses = [v for _, v in read_loss_log(loop.log)] if loop.log.exists() else []
     tail = losses[-50:]
-    seconds = time.time() - t0
+    seconds = run.train_seconds
     metrics = {
         **stats,
         "final_loss": sum(tail) / len(tail) if tail else float("nan"),  # mean of the last 50 steps

@@ -1,0 +1,60 @@
+"""Measure each test file on its own: peak RSS (GNU time's %M, the largest process) and wall time.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/test_footprint.py        # all files, then README updated
+
+Writes reports/test_footprint.md and replaces the table between the `test-footprint` markers in
+README.md, so the numbers there are the ones this script measured. Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK = re.compile(r"(<!-- test-footprint -->\n).*?(<!-- /test-footprint -->)", re.S)
+
+
+def measure(test_file: Path) -> tuple[float, float, str]:
+    """(peak RSS in MB, seconds, pytest's last line) of one test file run alone."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(["/usr/bin/time", "-f", "FOOTPRINT %M %e", sys.executable, "-m", "pytest", "-q",
+                          "-p", "no:cacheprovider", str(test_file.relative_to(ROOT))],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    match = re.search(r"FOOTPRINT (\d+) ([\d.]+)", out.stderr)
+    if not match:
+        raise SystemExit(f"{test_file}: no measurement\n{out.stderr[-2000:]}")
+    summary = [line for line in out.stdout.splitlines() if re.search(r"\d+ (passed|failed|skipped|error)", line)]
+    return int(match.group(1)) / 1024, float(match.group(2)), summary[-1].strip("= ") if summary else "?"
+
+
+def main() -> None:
+    files = sorted((ROOT / "tests").glob("test_*.py"))
+    rows, started = [], time.time()
+    for path in files:
+        rss, seconds, result = measure(path)
+        rows.append((path.name, rss, seconds, result))
+        print(f"{path.name:40s} {rss:8.0f} MB {seconds:7.1f} s  {result}", flush=True)
+    total = sum(r[2] for r in rows)
+    table = ["| test file | peak RSS (MB) | wall time (s) | result |", "|---|---|---|---|"]
+    table += [f"| {name} | {rss:.0f} | {seconds:.1f} | {result} |" for name, rss, seconds, result in rows]
+    table.append(f"| **all files, one at a time** | max {max(r[1] for r in rows):.0f} | {total:.0f} | |")
+    note = (f"Measured by `scripts/test_footprint.py` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores "
+            f"({platform.machine()}), each file in its own `pytest` process (interpreter start included), "
+            f"{time.time() - started:.0f} s in all.")
+    text = note + "\n\n" + "\n".join(table) + "\n"
+    (ROOT / "reports").mkdir(exist_ok=True)
+    (ROOT / "reports/test_footprint.md").write_text("# Test footprint\n\n" + text)
+    readme = ROOT / "README.md"
+    body = readme.read_text()
+    if MARK.search(body):
+        readme.write_text(MARK.sub(lambda m: m.group(1) + text + m.group(2), body))
+
+
+if __name__ == "__main__":
+    main()

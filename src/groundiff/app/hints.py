@@ -1,0 +1,38 @@
+"""Which `dvc repro` remakes a missing or damaged input: read from dvc.yaml, not written into the library.
+
+The library's errors name the file that is missing or damaged; the application edge (a stage's
+`run_stage`, the command line) appends the command that makes it, found among dvc.yaml's outs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from groundiff.core.paths import DVC_YAML, PARAMS
+
+
+def producing_stage(message: str, dvc_yaml: Path = DVC_YAML) -> str | None:
+    """The dvc.yaml stage whose output the message names (the longest output path it contains), or None."""
+    try:
+        import yaml
+
+        from groundiff.core.dvcfile import read_stages
+
+        params = yaml.safe_load(PARAMS.read_text()) if PARAMS.is_file() else {}
+        stages = read_stages(dvc_yaml, params)
+    except Exception:  # no dvc.yaml here, or params too broken to fill its templates: no hint
+        return None
+    outs = sorted(((out.rstrip("/"), name) for name, stage in stages.items() for out in stage.outs),
+                  key=lambda pair: -len(pair[0]))
+    for out, name in outs:
+        if out in message:
+            return name
+    return None
+
+
+def with_remake_hint(message: str, dvc_yaml: Path = DVC_YAML) -> str:
+    """`message`, plus "; run `dvc repro <stage>`" when it names an output of a dvc.yaml stage."""
+    if "dvc repro" in message:
+        return message
+    stage = producing_stage(message, dvc_yaml)
+    return f"{message}; run `dvc repro {stage}`" if stage else message
