@@ -134,3 +134,10 @@ def test_appearance_gap_object_reading_splits_misses_by_where_they_go():
                      [5, 5, 5, 5]], np.uint8)  # background and ignored pixels are not counted
     assert gap.object_reading(pred, label).tolist() == [1, 1, 1, 1]
 
+
+
+def test_cpu_precision_records_the_capability_and_the_ratio(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _load("cpu_precision").main(["--size", "16", "--rounds", "1"])
+    written = __import__("json").loads((tmp_path / "reports/benchmarks/cpu_precision.json").read_text())
+    assert written == result and result["cpu_capability"] and result["bf16_over_fp32_time"] > 0
