@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from groundiff.app.hints import with_remake_hint
+from groundiff.app.hints import error_message
 from groundiff.core import paths
 from groundiff.core.errors import ParamsError, WorldError
 
@@ -121,8 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except (ParamsError, WorldError, FileNotFoundError, ValueError, KeyError) as err:
-        message = with_remake_hint(str(err)) if isinstance(err, FileNotFoundError) else str(err)
-        print(f"groundiff: error: {message}", file=sys.stderr)
+        print(f"groundiff: error: {error_message(err)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

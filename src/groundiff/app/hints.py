@@ -30,6 +30,19 @@ def producing_stage(message: str, dvc_yaml: Path = DVC_YAML) -> str | None:
     return None
 
 
+def file_errors() -> tuple[type[Exception], ...]:
+    """Missing or damaged input files: the errors a remake hint belongs to."""
+    from groundiff.core.checkpoint import CheckpointError  # imported only once something failed (torch)
+    from groundiff.data.shards import ShardError
+
+    return (FileNotFoundError, ShardError, CheckpointError)
+
+
+def error_message(err: Exception) -> str:
+    """The one line a user reads for an error they can fix: a file error also names its remake."""
+    return with_remake_hint(str(err)) if isinstance(err, file_errors()) else str(err)
+
+
 def with_remake_hint(message: str, dvc_yaml: Path = DVC_YAML) -> str:
     """`message`, plus "; run `dvc repro <stage>`" when it names an output of a dvc.yaml stage."""
     if "dvc repro" in message:

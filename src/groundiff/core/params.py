@@ -222,7 +222,6 @@ class Params:
         self._sections = {name: from_params(cls, self.raw.get(name), name) for name, cls in SECTIONS.items()}
         self.stage = stage
         self.declared = None if declared is None else tuple(declared)
-        self.reads: set[str] = set()  # keys read that decide a result
         self._values: dict[str, Any] = {}  # every key read, as asked for, and its value
 
     @classmethod
@@ -290,11 +289,9 @@ class Params:
 
     def _read(self, key: str, value: Any) -> None:
         self._values[key] = value
-        keys = result_keys(key, value)
-        self.reads.update(keys)
         if self.declared is None:
             return
-        missing = [k for k in keys if not covered(k, self.declared)]
+        missing = [k for k in result_keys(key, value) if not covered(k, self.declared)]
         if missing:
             raise UndeclaredParam(
                 f"stage {self.stage} reads params.yaml key(s) {', '.join(missing)}, which dvc.yaml does not "

@@ -127,7 +127,7 @@ class TrainingLoop:
 
     def finish(self, path: Path, modules: Modules) -> None:
         """Save a finished phase's weights (`modules`) to `path` with the fingerprint; drop the state."""
-        save_training_state(path, modules, {}, {"step": self.steps, "fingerprint": self.fingerprint})
+        save_finished(path, modules, self.fingerprint, self.steps)
         self.state.unlink(missing_ok=True)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from groundiff.app.hints import with_remake_hint
+from groundiff.app.hints import error_message, file_errors
 from groundiff.core.dvcfile import declared_params
 from groundiff.core.errors import ParamsError, WorldError
 from groundiff.core.params import Params, load_params
@@ -42,21 +42,10 @@ def run_stage(main_fn) -> None:
     except Exception as err:
         if not isinstance(err, _user_errors()):
             raise
-        message = str(err)
-        if isinstance(err, _file_errors()):  # a missing or damaged input: say which stage remakes it
-            message = with_remake_hint(message)
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error_message(err)}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def _file_errors() -> tuple[type[Exception], ...]:
-    """Missing or damaged input files."""
-    from groundiff.core.checkpoint import CheckpointError  # imported only once a stage failed (torch)
-    from groundiff.data.shards import ShardError
-
-    return (FileNotFoundError, ShardError, CheckpointError)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Bad params or damaged input files: the message says what to fix, a traceback would not help."""
-    return (ParamsError, WorldError, ValueError, *_file_errors())
+    return (ParamsError, WorldError, ValueError, *file_errors())

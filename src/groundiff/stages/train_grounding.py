@@ -8,7 +8,6 @@ once the module is saved, so that `dvc repro --force train_grounding` trains fro
 from __future__ import annotations
 
 from groundiff.core import paths, tracking
-from groundiff.core.params import to_dict
 from groundiff.core.training import publish
 from groundiff.diffusion.pipeline import load_pipeline
 from groundiff.method.grounding.train import train_grounding
@@ -21,15 +20,12 @@ def main() -> None:
     params, world = open_stage(STAGE)
     cfg = params.section(STAGE)
     split, source = world.split, world.pipeline
-    logged = {STAGE: to_dict(cfg), **params.logged(), "seen_classes": list(split.seen)}
+    logged = {**params.logged(), "seen_classes": list(split.seen)}
     with tracking.stage_run(STAGE, logged) as run:
         pipe = load_pipeline(source, params.world.device)
-        try:
-            model, metrics = train_grounding(pipe, paths.SYNTH_TRAIN, paths.SYNTH_LABELS, split.seen, cfg,
-                                             paths.GROUNDING_STATE, params.world.device,
-                                             on_log=lambda m: run.log_metrics({"loss": m["loss"]}, step=m["step"]))
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"{err}; run `dvc repro pseudo_label` first") from None
+        model, metrics = train_grounding(pipe, paths.SYNTH_TRAIN, paths.SYNTH_LABELS, split.seen, cfg,
+                                         paths.GROUNDING_STATE, params.world.device,
+                                         on_log=lambda m: run.log_metrics({"loss": m["loss"]}, step=m["step"]))
         publish(run, paths.GROUNDING_STATE, metrics, paths.metrics(STAGE), paths.loss_plot(STAGE),
                 out=paths.GROUNDING, save=model.save_pretrained)
     print(f"{STAGE}: {metrics['steps']} steps on {metrics['images_used']} images "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from groundiff.core import paths, tracking
 from groundiff.core.io import write_json
-from groundiff.core.params import to_dict
 from groundiff.core.training import publish
 from groundiff.stages.common import open_stage, run_stage
 from groundiff.worlds.paper_models import record_paper_oracle
@@ -32,12 +31,9 @@ def main() -> None:
         print(f"{STAGE}: the {name} world's oracle loads (recorded in {paths.world_detector(name)}/source.json)")
         return
     cfg = params.section(STAGE)
-    with tracking.stage_run(STAGE, {STAGE: to_dict(cfg), **params.logged()}) as run:
-        try:
-            oracle = train_detector(DATA, world.classes, cfg, STATE, device=params.world.device,
-                                    on_log=lambda m: run.log_metrics({"loss": m["loss"]}, step=m["step"]))
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"{err}; run `dvc repro world_data` first") from None
+    with tracking.stage_run(STAGE, params.logged()) as run:
+        oracle = train_detector(DATA, world.classes, cfg, STATE, device=params.world.device,
+                                on_log=lambda m: run.log_metrics({"loss": m["loss"]}, step=m["step"]))
         metrics = evaluate_mask_ap(oracle, DATA, "val")
         run.log_metrics({f"ap50_{k}": v for k, v in metrics["per_class_ap50"].items()})
         publish(run, STATE, metrics, METRICS, LOSS_PLOT, out=paths.world_detector(name), save=oracle.save_pretrained)
