@@ -50,10 +50,14 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import yaml  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+from prefect.states import Completed, State  # noqa: E402
 
 from flows.lanes import LanePlanner, lane_widths, stage_graph  # noqa: E402
+from flows.lock import project_lock  # noqa: E402
 from groundiff.core import tracking  # noqa: E402
 
+DEFAULT_CRON = "0 3 * * *"  # serve's schedule: nightly, 03:00 UTC
 OUTPUT_LINES_KEPT = 200  # dvc output returned by run_stage; the last 40 go into error messages
 ERROR_TAIL_LINES = 40
 
@@ -227,23 +231,32 @@ def run_stage(stage: str, repo: str, parent_run_id: str | None = None, force: bo
 
 
 @flow(name="groundiff-pipeline")
-def pipeline(stages: list[str] | None = None, repo: str = ".", force: bool = False, lanes: int = 1) -> list[str]:
+def pipeline(stages: list[str] | None = None, repo: str = ".", force: bool = False,
+             lanes: int = 1) -> list[str] | State:
     """Run `stages` (default: all of dvc.yaml) in DVC's DAG order, `lanes` at a time; return their names.
 
     One MLflow run "prefect pipeline" is the parent of every stage's run. A stage that still fails
     after its retry stops the flow: no stage starts after it, the running ones finish, then its
-    error is raised.
+    error is raised. While another pipeline run (or a `dvc` command running a stage) busies the
+    project, the run is skipped: state "Skipped" (a kind of Completed), a warning naming the other
+    run, no stage started, and `[]` for a direct call (flows.lock: why skip rather than wait).
     """
     logger = get_run_logger()
     root = Path(repo).resolve()
-    selected = select_stages(root / "dvc.yaml", stages)
-    nodes = stage_graph(root)
-    planner = LanePlanner(nodes, selected, lanes, lane_widths(nodes, _vars(root, None)))
-    logger.info("stages: %s (%d lane%s)", ", ".join(selected), lanes, "" if lanes == 1 else "s")
-    with tracking.pipeline_run("prefect pipeline", root=root, tags={"groundiff.launcher": "prefect"}) as parent_id:
-        if parent_id:
-            logger.info("MLflow parent run %s in %s", parent_id, tracking.tracking_uri(root))
-        _run_planned(planner, root, parent_id, force, logger)
+    with project_lock(root, holder=f"flow run {flow_run.name} ({flow_run.id})") as busy:
+        if busy is not None:  # overlapping runs: skip, don't wait (flows.lock says why)
+            message = f"skipped: {busy}; the next run does whatever is still out of date"
+            logger.warning(message)
+            return Completed(name="Skipped", message=message, data=[])
+        selected = select_stages(root / "dvc.yaml", stages)
+        nodes = stage_graph(root)
+        planner = LanePlanner(nodes, selected, lanes, lane_widths(nodes, _vars(root, None)))
+        logger.info("stages: %s (%d lane%s)", ", ".join(selected), lanes, "" if lanes == 1 else "s")
+        with tracking.pipeline_run("prefect pipeline", root=root,
+                                   tags={"groundiff.launcher": "prefect"}) as parent_id:
+            if parent_id:
+                logger.info("MLflow parent run %s in %s", parent_id, tracking.tracking_uri(root))
+            _run_planned(planner, root, parent_id, force, logger)
     return selected
 
 
@@ -297,21 +310,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="re-run stages even if DVC says they are up to date")
     parser.add_argument("--lanes", type=int, default=1, metavar="N",
                         help="run up to N independent stages at once (default: %(default)s; 2 on a 2-core machine)")
-    parser.add_argument("--cron", default="0 3 * * *", help="serve: cron schedule, UTC (default: %(default)r)")
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("--cron", help=f"serve: cron schedule, UTC (default: {DEFAULT_CRON!r}, nightly)")
+    when.add_argument("--interval", type=float, metavar="SECONDS",
+                      help="serve: run every SECONDS instead of on --cron")
     parser.add_argument("--name", default="groundiff-nightly", help="serve: deployment name (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.lanes < 1:
+        parser.error(f"--lanes must be >= 1, got {args.lanes}")
     if args.command == "serve":
         from prefect.settings import get_current_settings
 
         if not get_current_settings().api.url:  # a temporary server accepts the deployment but never schedules it
             parser.error("serve needs a running Prefect server for its schedule: start one with "
                          "`prefect server start`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`")
-        pipeline.serve(name=args.name, cron=args.cron,
-                       parameters={"stages": args.stages, "repo": args.repo, "force": args.force,
-                                   "lanes": args.lanes})
+        if args.interval is not None and args.interval <= 0:
+            parser.error(f"--interval must be > 0 seconds, got {args.interval:g}")
+        schedule = {"interval": args.interval} if args.interval is not None else {"cron": args.cron or DEFAULT_CRON}
+        try:
+            select_stages(Path(args.repo) / "dvc.yaml", args.stages)  # a typo fails now, not at 03:00
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(str(err))
+        pipeline.serve(name=args.name, **schedule,
+                       parameters={"stages": args.stages, "repo": str(Path(args.repo).resolve()),
+                                   "force": args.force, "lanes": args.lanes})
     else:
-        if args.lanes < 1:
-            parser.error(f"--lanes must be >= 1, got {args.lanes}")
         pipeline(stages=args.stages, repo=args.repo, force=args.force, lanes=args.lanes)
 
 

@@ -120,3 +120,14 @@ def find_cycle(modules: list[str]) -> list[str] | None:
             if cycle:
                 return cycle
     return None
+
+
+def needed_files(module: str) -> set[str]:
+    """The source files a stage module loads (relative to the repository root); empty package
+    __init__ files change nothing and are left out."""
+    files = set()
+    for m in closure(module):
+        path = module_path(m)
+        if path is not None and not (path.name == "__init__.py" and not path.read_text().strip()):
+            files.add(str(path.relative_to(ROOT)))
+    return files

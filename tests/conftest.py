@@ -36,3 +36,17 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def write_params(root: Path, params: dict) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def grounded_world(project: Path) -> Path:
+    """`project` with a tiny shapes pipeline in worlds/shapes/diffusion and an untrained grounding module
+    of its architecture in models/grounding: what `groundiff generate` needs."""
+    from groundiff.method.grounding import GroundingConfig, GroundingModule
+    from groundiff.testing import tiny_shapes_pipeline
+
+    pipe = tiny_shapes_pipeline(project / "worlds/shapes/diffusion")
+    cfg = GroundingConfig.from_unet_config(pipe.unet.config, text_dim=16, image_size=32,
+                                           d_model=32, n_heads=2, ffn_dim=64, n_layers=1)
+    GroundingModule(cfg).save_pretrained(project / "models/grounding")
+    return project

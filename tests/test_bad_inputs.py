@@ -71,6 +71,7 @@ class NoDetections:
     ("synthesize", {"sampling": {"steps": 0}}, "steps and batch_size must be positive"),
     ("synthesize", {"sampling": {"guidance_scale": "high"}}, "synthesize.sampling.guidance_scale: expected a number"),
     ("distributed", {"scheduler": "yes"}, "is not one of"),
+    ("synth_dataset", {"grounding_dir": "../models/grounding"}, "leaves the project"),
 ])
 def test_bad_params_of_data_stages_fail_before_any_output_is_touched(project, section, update, message):
     from groundiff.stages import synth_dataset, synthesize as synthesize_stage
@@ -274,16 +275,44 @@ def test_a_model_retrained_in_place_does_not_resume_its_predecessors_shards(tmp_
     assert not (tmp_path / "synth/shard_00000").exists()
 
 
-def test_the_readme_table_names_a_real_test_for_every_row():
+def tried_through(named: list[list[str]]) -> str:
+    """How the named tests meet the bad input, read from their source: `dvc repro`, CLI, stage, library."""
+    import ast
+
+    found = set()
+    for file, functions in named:
+        source = (Path(__file__).parent / f"{file.strip()}.py").read_text()
+        bodies = {n.name: ast.get_source_segment(source, n) for n in ast.walk(ast.parse(source))
+                  if isinstance(n, ast.FunctionDef)}
+        for function in functions.split(","):
+            body = bodies[function.strip()]
+            if "_dvc(" in body:
+                found.add("`dvc repro`")
+            if re.search(r'\bcli\(|\bmain\(\[|"groundiff"|script\), "', body):
+                found.add("CLI")
+            if "run_stage" in body or "stage.main" in body or "stages." in body:
+                found.add("stage")
+    found = found or {"library"}
+    return ", ".join(w for w in ("`dvc repro`", "CLI", "stage", "library") if w in found)
+
+
+def readme_rows() -> list[list[str]]:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Bad input and the error it gives", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| bad input")]
+    return [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| bad input")]
+
+
+def test_the_readme_table_names_a_real_test_for_every_row():
+    """Every row names tests that exist, and says truthfully how they try the bad input."""
+    rows = readme_rows()
     assert len(rows) >= 15
     tests = Path(__file__).parent
-    for row in rows:
-        named = [part.split("::") for part in row.rstrip(" |").rsplit(" | ", 1)[1].split(";") if "::" in part]
-        assert named, f"no test named for: {row}"
+    for *_, how, test_cell in rows:
+        named = [part.split("::") for part in test_cell.split(";") if "::" in part]
+        assert named, f"no test named for: {test_cell}"
         for file, functions in named:
             source = (tests / f"{file.strip()}.py").read_text()
             for function in functions.split(","):
-                assert f"def {function.strip()}(" in source, f"{file.strip()} has no {function.strip()}: {row}"
+                assert f"def {function.strip()}(" in source, f"{file.strip()} has no {function.strip()}: {test_cell}"
+        assert how == tried_through(named), f"row tried through {how!r}, but its tests use {tried_through(named)!r}"

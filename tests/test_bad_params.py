@@ -34,6 +34,10 @@ def _run(params, root, tmp_path):
         (lambda p: p["world"].update(split=9), "world.split is 9"),
         (lambda p: p["world"].update(num_threads=-1), "world.num_threads must be >= 0"),
         (lambda p: p["shapes"].update(classes=["circle", "hexagon"]), "cannot draw"),
+        (lambda p: p["eval_grounding"].update(norm_at_test="train"),
+         "eval_grounding: norm_at_test: 'train' is not one of running, batch"),
+        (lambda p: p["train_grounding"].update(spectral_norm="power"),
+         "train_grounding: spectral_norm: 'power' is not one of torch, biggan"),
     ],
 )
 def test_bad_params_fail_clearly_and_touch_nothing(project, tmp_path, mutate, message):

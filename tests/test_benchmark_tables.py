@@ -141,3 +141,48 @@ def test_cpu_precision_records_the_capability_and_the_ratio(tmp_path, monkeypatc
     result = _load("cpu_precision").main(["--size", "16", "--rounds", "1"])
     written = __import__("json").loads((tmp_path / "reports/benchmarks/cpu_precision.json").read_text())
     assert written == result and result["cpu_capability"] and result["bf16_over_fp32_time"] > 0
+
+
+def _paper_scale_result() -> dict:
+    stage = {"seconds": 10.0, "cpu_seconds": 8.0, "peak_rss_gb": 5.5}
+    return {
+        "settings": {"images": 1, "ddim_steps": 3, "batch": 1, "rounds": 2, "precision": "fp32", "train_batch": 1},
+        "machine": {"gpu": None, "cpu_capability": "AVX2", "threads": 1, "torch": "2.x"},
+        "parameters": {"unet": 859_520_964, "grounding_module": 18_796_560},
+        "stages": {"plain_round0": stage, "captured_round0": {**stage, "cpu_seconds": 8.4}},
+        "ratios": {"clock": "cpu_seconds", "capture_overhead": 1.05, "synthesize_over_plain": 1.01,
+                   "labelling_over_plain": 1.2, "train_step_over_plain_image": 0.5},
+        "derived": {"clock": "cpu_seconds", "plain_seconds_per_image": 8.0, "plain_seconds_per_unet_step": 2.7,
+                    "train_step_seconds": 4.0, "feature_bytes_per_image": 63 * 2**20,
+                    "latent_bytes_per_image": 65536, "peak_rss_gb": 6.0},
+    }
+
+
+def test_paper_scale_page_and_docs_block(tmp_path):
+    scale = _load("paper_scale")
+    text = scale.markdown(_paper_scale_result())
+    assert "| captured_round0 | 10.0 | 8.4 | 5.50 |" in text and "Ratios and times below are of CPU time" in text
+    assert "**1.050x**" in text and "63 MiB vs a stored latent of 64 KiB" in text
+    docs = tmp_path / "gpu.md"
+    docs.write_text(f"before\n{scale.BEGIN}\nold numbers\n{scale.END}\nafter\n")
+    scale.update_docs(_paper_scale_result(), docs)
+    written = docs.read_text()
+    assert written.startswith("before\n") and written.endswith(f"{scale.END}\nafter\n")
+    assert "old numbers" not in written and "**1.050x**" in written
+    docs.write_text("no markers")
+    with pytest.raises(ValueError, match="no block between"):
+        scale.update_docs(_paper_scale_result(), docs)
+
+
+def test_paper_scale_builds_the_unet_the_released_module_reads():
+    """SD v1.5's UNet config as the dry run builds it gives the released module's input widths."""
+    from groundiff.method.grounding.model import GroundingConfig
+    from groundiff.method.grounding.official import official_shapes
+
+    scale = _load("paper_scale")
+    cfg = GroundingConfig.from_unet_config(scale.SD15_UNET, scale.SD15_TEXT["hidden_size"], 512)
+    shapes = official_shapes()
+    widths = [sum(cfg.feature_channels[i] for i in b) for b in cfg.buckets]
+    names = ("low", "mid", "high", "highest")
+    assert widths == [shapes[f"{n}_feature_conv.0.weight"][1] for n in names]
+    assert shapes["to_q.weight"][1] == scale.SD15_TEXT["hidden_size"]

@@ -9,17 +9,11 @@ import pytest
 from PIL import Image
 
 from groundiff.cli import main
-from groundiff.method.grounding import GroundingConfig, GroundingModule
-from groundiff.testing import tiny_shapes_pipeline
 
 
 @pytest.fixture
-def world(project):
-    pipe = tiny_shapes_pipeline(project / "worlds/shapes/diffusion")
-    cfg = GroundingConfig.from_unet_config(pipe.unet.config, text_dim=16, image_size=32,
-                                           d_model=32, n_heads=2, ffn_dim=64, n_layers=1)
-    GroundingModule(cfg).save_pretrained(project / "models/grounding")
-    return project
+def world(grounded_world):
+    return grounded_world
 
 
 def test_generate_writes_image_masks_and_overlay(world, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,53 @@ def test_threshold_curve_and_best_seen_threshold_on_hand_made_pairs():
     assert Protocol1Result({}, {}, {}, pairs, [], {"seen_classes": {"0.4": 50.0, "0.7": 50.0}}).best_seen_threshold() == 0.4
 
 
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_the_other_test_mode_is_the_second_row_and_the_modes_swap(run, world):
+    """norm_at_test: the headline in one mode, the same pairs in the other; "batch" runs a train-mode
+    copy image by image, and neither the module passed in nor its folder changes."""
+    pipe, model, oracle, table, result = run
+    assert result.norm_at_test == "running" and list(result.other_norm) == list(CATEGORIES)
+    pairs = result.pairs
+    assert (pairs["found"] == pairs["iou_ours_other"].notna()).all()
+    assert (pairs["iou_ours_other"] != pairs["iou_ours"])[pairs["found"]].any()  # train mode: other masks
+    saved = _folder_bytes(world / "models/grounding")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    batch = evaluate(pipe, oracle, model, table, SPLIT, replace(CFG, norm_at_test="batch"), progress=False)
+    assert batch.norm_at_test == "batch"
+    assert batch.metrics["ours"] == pytest.approx(result.other_norm, abs=1e-9)
+    assert batch.other_norm == pytest.approx(result.metrics["ours"], abs=1e-9)
+    assert batch.metrics["daam"] == result.metrics["daam"]
+    # evaluation never writes into the module: not in memory, not on disk
+    assert not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert _folder_bytes(world / "models/grounding") == saved
+
+    # "batch" is the released test.py: the module in train mode on one image, its own statistics
+    first = batch.examples[0]
+    row = table[table["prompt"] == first.prompt].iloc[0]
+    assert int(row["index"]) == 0  # the first image the train-mode copy saw: reproducible from a fresh one
+    fresh = GroundingModule.from_pretrained(world / "models/grounding").train()
+    names = class_list(row["classes"])
+    grounded = generate_grounded(pipe, fresh, first.prompt, names, int(row["seed"]), CFG.sampling,
+                                 CFG.capture_t, CFG.template_one, CFG.mask_threshold)
+    assert (grounded.masks[names.index(first.class_name)] == first.ours).mean() >= 0.99
+    eval_mode = generate_grounded(pipe, model, first.prompt, names, int(row["seed"]), CFG.sampling,
+                                  CFG.capture_t, CFG.template_one, CFG.mask_threshold)
+    assert not np.array_equal(eval_mode.probabilities, grounded.probabilities)  # the modes differ
+
+    details = batch.details()["norm_at_test"]
+    assert details == {"headline": "batch", "other": "running", "ours_other": result.metrics["ours"]}
+    logged = result.logged_metrics()
+    assert {f"ours_norm_batch_{c}" for c in CATEGORIES} <= set(logged)
+    text = markdown_report(result, CFG)
+    assert "| ours, norm_at_test: batch |" in text and "`norm_at_test: running`" in text
+    assert "norm_at_test batch" in result.summary()
+
+
 def test_report_and_figure(run, tmp_path):
     *_, result = run
     text = markdown_report(result, CFG, "shapes world, split 1")
@@ -246,10 +294,32 @@ def test_stage_writes_metrics_report_and_figure(project, capsys):
     details = json.loads((project / "metrics/protocol1_details.json").read_text())
     assert sum(n["images"] for n in details["counts"].values()) == 10
     assert set(details["threshold_curve"]["seen_classes"]) == {str(t) for t in THRESHOLD_GRID}
-    assert "| DAAM |" in (project / "reports/protocol1.md").read_text()
+    assert details["norm_at_test"]["headline"] == "running" and set(details["norm_at_test"]["ours_other"]) == set(CATEGORIES)
+    table = (project / "reports/protocol1.md").read_text()
+    assert "| DAAM |" in table and "| ours, norm_at_test: batch |" in table
     with Image.open(project / "reports/figures/protocol1_overlays.png") as img:
         assert img.size[0] > 0
     assert "eval_grounding" in capsys.readouterr().out
+
+
+def test_stage_tests_the_module_that_grounding_dir_names(project):
+    """eval_grounding.grounding_dir points the stage at another module folder (e.g. an imported one),
+    never at one outside the project."""
+    from groundiff.core.params import ParamsError
+    from groundiff.stages import eval_grounding
+
+    save_world(project)
+    (project / "models/grounding").rename(project / "models/grounding-official")
+    params = _stage_params()
+    params["eval_grounding"].update(grounding_dir="models/grounding-official", norm_at_test="batch", per_category=1)
+    write_params(project, params)
+    eval_grounding.main()
+    details = json.loads((project / "metrics/protocol1_details.json").read_text())
+    assert details["norm_at_test"]["headline"] == "batch"
+    params["eval_grounding"]["grounding_dir"] = "../elsewhere"
+    write_params(project, params)
+    with pytest.raises(ParamsError, match="leaves the project"):
+        eval_grounding.main()
 
 
 def test_check_against_training():

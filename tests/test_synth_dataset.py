@@ -77,3 +77,16 @@ def test_dataset_is_voc_layout_and_resumes_identically(models, tmp_path):
     # other models -> start over
     again = synth_dataset(pipe, module, split, CFG, tmp_path / "part", ["a", "c"])
     assert again["resumed_shards"] == 0
+
+
+def test_where_the_module_lives_is_not_part_of_the_fingerprint():
+    """synth_dataset.grounding_dir names a folder; the module enters the fingerprint by content (model ids),
+    so the param's default leaves the fingerprint, and the shipped dataset's marker, as they were."""
+    from dataclasses import replace
+
+    from groundiff.method.synth_dataset import _fingerprint
+
+    table = synth_prompts(CLASSES, CFG)
+    ids = ["pipe@1", "models/grounding@2"]
+    assert _fingerprint(table, CFG, ids) == _fingerprint(table, replace(CFG, grounding_dir="models/other"), ids)
+    assert _fingerprint(table, CFG, ids) != _fingerprint(table, CFG, ["pipe@1", "models/grounding@3"])

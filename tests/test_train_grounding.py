@@ -223,6 +223,35 @@ def test_training_resumes_exactly(world, pipe, tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_the_released_codes_options_train_resume_exactly_and_save(world, pipe, tmp_path):
+    """spectral_norm biggan (u0 moves every training step and travels in the resumable state and
+    the saved module) and decoder_init cloned, through the real training loop."""
+    from groundiff.method.grounding.model import PowerIterationConv2d
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_3(m):
+        if m["step"] == 3:
+            raise Stop
+
+    cfg = replace(TINY, spectral_norm="biggan", decoder_init="cloned", n_layers=2)
+    args = (pipe, world / "synth", world / "labels", SEEN)
+    with pytest.raises(Stop):
+        train_grounding(*args, cfg, tmp_path / "a", on_log=stop_at_step_3)
+    resumed, _ = train_grounding(*args, cfg, tmp_path / "a")
+    fresh, _ = train_grounding(*args, cfg, tmp_path / "b")
+    for (key, a), b in zip(resumed.state_dict().items(), fresh.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=key)
+    conv = fresh.mix_convs[0].conv1
+    assert isinstance(conv, PowerIterationConv2d) and float(conv.sv0) != 1.0  # trained: sigma recorded
+    assert not torch.equal(fresh.layers[0].linear1.weight, fresh.layers[1].linear1.weight)  # cloned, then trained
+    fresh.save_pretrained(tmp_path / "module")
+    loaded = GroundingModule.from_pretrained(tmp_path / "module")
+    assert (loaded.config.spectral_norm, loaded.config.decoder_init) == ("biggan", "cloned")
+    assert torch.equal(loaded.mix_convs[0].conv1.u0, conv.u0)
+
+
 # --- the stage ------------------------------------------------------------------------------------
 
 

@@ -1,8 +1,11 @@
 """`groundiff` command line: the paper's Fig. 1 experience on the current world.
 
     groundiff generate "a photograph of a star and a ring" --classes star ring --seed 0 --out out/
+    groundiff demo               # the same in a browser: http://127.0.0.1:7860 (docs/demo.md)
     groundiff classes            # the world's vocabulary and its seen/unseen split
     groundiff world voc          # switch params.yaml to the paper's VOC world (its settings too)
+    groundiff import-official grounding_module.pth --out models/grounding-official
+                                 # the authors' released module as a module folder (docs/official.md)
 
 Reads params.yaml in the current directory (the project root) for the world, its models and the
 sampling settings; the grounding module comes from `models/grounding` (train_grounding's output).
@@ -35,27 +38,28 @@ def _open(path: str | Path = paths.PARAMS) -> tuple[Params, World]:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from groundiff.diffusion.pipeline import SamplingConfig, load_pipeline
-    from groundiff.method.generate import generate_grounded, save_grounded
-    from groundiff.method.grounding import GroundingModule
+    from groundiff.app.grounder import Grounder
+    from groundiff.method.generate import save_grounded
 
     params, world = _open()
     split = world.split
     split.check_known(args.classes, "--classes")
-    synth = params.section("synthesize")
-    sampling = SamplingConfig(steps=args.steps or synth.sampling.steps,
-                              guidance_scale=args.guidance or synth.sampling.guidance_scale, batch_size=1,
-                              precision=synth.sampling.precision)
-    module_dir = Path(args.grounding)
-    module = GroundingModule.from_pretrained(module_dir, device=params.world.device)
-    pipe = load_pipeline(world.pipeline, params.world.device)
-    result = generate_grounded(pipe, module, args.prompt, args.classes, args.seed, sampling,
-                               capture_t=synth.capture_t, threshold=args.threshold)
+    grounder = Grounder(params, world, args.grounding, precision=args.precision)
+    result = grounder(args.prompt, args.classes, args.seed, steps=args.steps, guidance=args.guidance,
+                      threshold=args.threshold)
     written = save_grounded(result, Path(args.out), scale=args.scale)
     for name, mask in zip(result.classes, result.masks):
         tag = "seen" if name in split.seen else "unseen"
         print(f"{name} ({tag} in grounding training): {int(mask.sum())} pixels")
     print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from groundiff.app.demo import serve
+
+    params, world = _open()
+    serve(params, world, host=args.host, port=args.port, grounding=args.grounding, precision=args.precision,
+          scale=args.scale, queue_size=args.queue)
 
 
 def _classes(args: argparse.Namespace) -> None:
@@ -90,6 +94,16 @@ def _world(args: argparse.Namespace) -> None:
               f"`dvc repro world_setup` checks everything is in place (docs/gpu.md)")
 
 
+def _import_official(args: argparse.Namespace) -> None:
+    from groundiff.method.grounding.official import import_official
+
+    summary = import_official(args.checkpoint, args.out, spectral_norm=args.spectral_norm, overwrite=args.force)
+    print(f"{args.out}: the released grounding module ({summary['tensors']} tensors, {summary['parameters']:,} "
+          f"parameters, {summary['spectral_norm']} spectral norm; sha256 {summary['sha256'][:16]}...)")
+    print(f"use it: eval_grounding.grounding_dir / synth_dataset.grounding_dir: {args.out} in params.yaml, "
+          f"or groundiff generate ... --grounding {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groundiff", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,7 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--threshold", type=float, default=0.5, help="mask = sigmoid(logit) > threshold")
     gen.add_argument("--scale", type=int, default=8, help="upscale the saved PNGs (tiny worlds)")
     gen.add_argument("--grounding", default=str(paths.GROUNDING), help="trained grounding module folder")
+    gen.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                     help="UNet autocast while denoising (default: synthesize's; fp32 is far faster on CPUs without bf16)")
     gen.set_defaults(func=_generate)
+    demo = sub.add_parser("demo", help="serve the Fig. 1 experience as a web app (Gradio) on this machine")
+    demo.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 exposes it to the network)")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--grounding", default=str(paths.GROUNDING), help="trained grounding module folder")
+    demo.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                      help="UNet autocast while denoising (default: synthesize's), as for generate")
+    demo.add_argument("--scale", type=int, default=8, help="upscale the shown and downloadable PNGs (as generate)")
+    demo.add_argument("--queue", type=int, default=8, help="requests that may wait; one generates at a time")
+    demo.set_defaults(func=_demo)
     cls = sub.add_parser("classes", help="list the world's classes and seen/unseen split")
     cls.set_defaults(func=_classes)
     world = sub.add_parser("world", help="switch params.yaml to a world and its settings (shapes, voc, coco)")
@@ -113,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--device", default=None, help="torch device (default: cuda for voc/coco, cpu for shapes)")
     world.add_argument("--params", default="params.yaml", help="the params file to rewrite")
     world.set_defaults(func=_world)
+    official = sub.add_parser("import-official",
+                              help="convert the authors' released grounding_module.pth into a module folder")
+    official.add_argument("checkpoint", help="the released grounding_module.pth (a tensor-only state dict)")
+    official.add_argument("--out", default="models/grounding-official", help="module folder to write")
+    official.add_argument("--spectral-norm", choices=["biggan", "torch"], default="biggan",
+                          help="biggan: the released code's power iteration, u0 kept (default); torch: torch's "
+                               "parametrization, set to give the same eval-mode sigma")
+    official.add_argument("--force", action="store_true", help="replace --out if it exists")
+    official.set_defaults(func=_import_official)
     return parser
 
 
@@ -120,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ParamsError, WorldError, FileNotFoundError, ValueError, KeyError) as err:
+    except (ParamsError, WorldError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
         print(f"groundiff: error: {error_message(err)}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -79,3 +79,15 @@ def image_rows(rows: list[list[np.ndarray]], scale: int = 4, gap: int = 2) -> Im
             canvas.paste(tiles[k], (c * (tile_w + gap), r * (tile_h + gap)))
             k += 1
     return canvas
+
+
+#: Anchors of the heat-map colour scale (black -> purple -> orange -> light yellow, like "inferno").
+HEAT_ANCHORS = np.array([(0, 0, 4), (87, 16, 110), (188, 55, 84), (249, 142, 9), (252, 255, 164)], np.float32)
+
+
+def heat_colours(heat: np.ndarray) -> np.ndarray:
+    """(H, W) values in [0, 1] -> (H, W, 3) uint8 on a dark-to-bright scale (hot = bright)."""
+    x = np.clip(heat, 0.0, 1.0) * (len(HEAT_ANCHORS) - 1)
+    low = np.minimum(x.astype(np.int64), len(HEAT_ANCHORS) - 2)
+    frac = (x - low)[..., None]
+    return ((1 - frac) * HEAT_ANCHORS[low] + frac * HEAT_ANCHORS[low + 1]).round().astype(np.uint8)

@@ -31,6 +31,10 @@ _PAPER: dict[str, Any] = {
     "train_grounding.strategy": "without_zero_masks",
     "train_grounding.bucket_widths": [],
     "train_grounding.standardize_text": False,  # the paper feeds CLIP's hidden states as they are
+    # the released code's run time (docs/official.md): its spectral norm, decoder start and test mode
+    "train_grounding.spectral_norm": "biggan",
+    "train_grounding.decoder_init": "cloned",
+    "eval_grounding.norm_at_test": "batch",
     "train_grounding.checkpoint_every": 2000,
     "train_grounding.log_every": 100,
     "eval_grounding.per_category": 200,
@@ -86,6 +90,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_grounding.lr": 1.0e-4, "train_grounding.batch_size": 8, "train_grounding.steps": 500,
         "train_grounding.strategy": "without_zero_masks", "train_grounding.bucket_widths": [],
         "train_grounding.standardize_text": True, "train_grounding.checkpoint_every": 50, "train_grounding.log_every": 10,
+        "train_grounding.spectral_norm": "torch", "train_grounding.decoder_init": "independent",
+        "eval_grounding.norm_at_test": "running",
         "eval_grounding.per_category": 60, "eval_grounding.capture_t": 1,
         "eval_grounding.sampling.steps": 25, "eval_grounding.sampling.guidance_scale": 7.5,
         "eval_grounding.sampling.batch_size": 50,

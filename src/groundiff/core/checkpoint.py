@@ -84,6 +84,37 @@ class CheckpointError(ValueError):
     """A training state on disk cannot be read (damaged, or not written by `save_training_state`)."""
 
 
+class ModelFileError(CheckpointError):
+    """A saved model folder cannot be loaded: a damaged file, or weights that do not fit its config."""
+
+
+@contextmanager
+def loading_model(folder: str | Path, what: str) -> Iterator[None]:
+    """Turn any failure to load the `what` saved in `folder` into one ModelFileError that names the
+    folder and the cause (a missing folder's FileNotFoundError, already clear, passes through).
+
+    Safetensors, torch and transformers fail in many ways on a truncated file or a config.json whose
+    widths disagree with the weights (SafetensorError, RuntimeError "size mismatch ...", JSONDecodeError,
+    OSError); a user needs the same answer to each: this file is not the model, remake it.
+    """
+    try:
+        yield
+    except (FileNotFoundError, ModelFileError):
+        raise
+    except Exception as err:  # noqa: BLE001 (every loader failure means: these files are not that model)
+        raise ModelFileError(f"{folder}: the {what} saved there cannot be loaded ({_cause(err)}); the files are "
+                             "damaged or do not belong together. Remake the folder") from err
+
+
+def _cause(err: Exception) -> str:
+    """The informative part of a loader's error, on one line (torch lists size mismatches line by line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = [line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))]
+    text = "; ".join(detail[:2] or lines[:2]) or type(err).__name__
+    text = f"{type(err).__name__}: {text}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def _read_state(path: str | Path, tensors: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """(metadata, tensors or {}) of a training state; a damaged file is one clear CheckpointError."""
     from safetensors import safe_open

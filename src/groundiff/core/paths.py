@@ -51,6 +51,7 @@ def real_data(world: str) -> Path:
 
 # --- the paper's method -----------------------------------------------------------------------
 
+VALIDATED = Path("reports/validate.json")  # validate: params.yaml checked (the gate every stage is behind)
 PROMPTS = Path("data/prompts/train.csv")
 SYNTH_TRAIN = Path("data/synth/train")  # synthesize: images + capture-step latents, in shards
 SYNTH_LABELS = Path("data/synth/train_labels")  # pseudo_label: the oracle's masks

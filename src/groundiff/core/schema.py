@@ -29,6 +29,14 @@ COLOR_AUG_MODES: tuple[str, ...] = ("none", "synthetic", "all")
 REAL_MODES: tuple[str, ...] = ("none", "seen", "all")
 #: Protocol II's treatment of background pixels.
 BACKGROUND_MODES: tuple[str, ...] = ("ignore", "seen")
+#: The grounding module's mix-conv spectral norm: torch's parametrization, or the released code's
+#: power iteration (one per forward in train and eval mode; groundiff.method.grounding.model).
+SPECTRAL_NORMS: tuple[str, ...] = ("torch", "biggan")
+#: How the grounding module's decoder layers start: independent draws, or copies of one (released code).
+DECODER_INITS: tuple[str, ...] = ("independent", "cloned")
+#: How the module normalises at test time: BatchNorm's running statistics (eval mode), or the test
+#: image's own statistics with the module in train mode (the released test.py never calls .eval()).
+NORMS_AT_TEST: tuple[str, ...] = ("running", "batch")
 _ADDRESS = re.compile(r"^(tcp|tls)://\S+$")
 
 
@@ -36,6 +44,11 @@ def check_world_name(name: str) -> str:
     if name not in WORLDS:
         raise WorldError(f"unknown world {name!r}; choose one of {', '.join(WORLDS)}")
     return name
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: {value!r} is not one of {', '.join(choices)}")
 
 
 def check_strategy(strategy: str) -> None:
@@ -376,6 +389,11 @@ class TrainConfig:
     # standardise the class embeddings on the training classes' mean and spread (not in the
     # paper; GroundingModule.set_text_statistics says why). False: the raw hidden states
     standardize_text: bool = False
+    # the mix convs' spectral norm: "torch" (torch's parametrization) or "biggan" (the released
+    # code's: one power iteration per forward, in eval mode too, vector `u0` saved with the weights)
+    spectral_norm: str = "torch"
+    # the decoder layers' start: "independent" draws or "cloned" (the released code: copies of one)
+    decoder_init: str = "independent"
     # run option: save a resumable state every this many steps (and at the end)
     checkpoint_every: int = 50
     # run option: report the mean loss (progress bar, `on_log`, CSV flush) every this many steps
@@ -384,6 +402,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "bucket_widths", tuple(self.bucket_widths))  # YAML gives a list
         check_strategy(self.strategy)
+        check_choice("spectral_norm", self.spectral_norm, SPECTRAL_NORMS)
+        check_choice("decoder_init", self.decoder_init, DECODER_INITS)
         for name in ("batch_size", "steps", "d_model", "n_heads", "ffn_dim", "n_layers",
                      "checkpoint_every", "log_every"):
             if getattr(self, name) <= 0:
@@ -401,7 +421,8 @@ class TrainConfig:
         """The GroundingConfig fields this config sets."""
         return {"d_model": self.d_model, "n_heads": self.n_heads, "ffn_dim": self.ffn_dim,
                 "n_layers": self.n_layers, "bucket_widths": self.bucket_widths,
-                "standardize_text": self.standardize_text}
+                "standardize_text": self.standardize_text, "spectral_norm": self.spectral_norm,
+                "decoder_init": self.decoder_init}
 
 
 @dataclass(frozen=True)
@@ -422,6 +443,9 @@ class SynthDatasetConfig:
     grounding_template: str = "a photograph of a {}"  # how class embeddings are made (training's)
     shard_size: int = 100
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # the grounding module folder that labels the images: train_grounding's, or another one (e.g.
+    # `groundiff import-official`'s); it enters the output's fingerprint by content, not by this name
+    grounding_dir: str = "models/grounding"
 
     def __post_init__(self) -> None:
         if min(self.n_one, self.n_two, self.n_complicated) < 0 or self.n_one + self.n_two + self.n_complicated == 0:
@@ -451,8 +475,17 @@ class EvalConfig:
     examples_per_category: int = 2  # (image, class) pairs per category kept for the overlay figure
     template_one: str = "a photograph of a {}"
     template_two: str = "a photograph of a {} and a {}"
+    # the grounding module's normalisation at test time, the headline row of Table 1 (the other
+    # mode is scored too, as a second row): "running" (eval mode: BatchNorm's running statistics,
+    # spectral norm frozen) or "batch" (the released test.py: the module in train mode, each test
+    # image normalised by its own statistics, running statistics and spectral-norm vectors updated
+    # image after image, in memory only)
+    norm_at_test: str = "running"
+    # the grounding module folder under test: train_grounding's, or another (e.g. `groundiff import-official`'s)
+    grounding_dir: str = "models/grounding"
 
     def __post_init__(self) -> None:
+        check_choice("norm_at_test", self.norm_at_test, NORMS_AT_TEST)
         if self.per_category <= 0:
             raise ValueError(f"per_category must be a positive number of images, got {self.per_category}")
         if self.examples_per_category < 0:

@@ -17,17 +17,26 @@ Environment:
     GROUNDIFF_EXPERIMENT      experiment name (default "groundiff")
     GROUNDIFF_PARENT_RUN_ID   nest stage runs under this run
     GROUNDIFF_TRACKING=0      turn tracking off (`off`/`false` too): `stage_run` yields a no-op
+    GROUNDIFF_TRACKING_WAIT_S how long a call waits while the SQLite store is busy (default 120)
+
+Tracking never costs work. Two Prefect lanes (or a user's `mlflow ui`) share one SQLite file, so a
+call that finds it locked waits and retries (`GROUNDIFF_TRACKING_WAIT_S`). If the store stays
+unavailable, the stage warns once and goes on untracked: its outputs and exit status are what its
+work deserves. A run whose end could not be recorded is listed in `<root>/mlruns/.unfinished.jsonl`
+and marked FINISHED/FAILED by the next stage that reaches the store, so no run stays RUNNING.
 
 Browse the runs with `mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import numbers
 import os
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +56,9 @@ MAX_METRICS_PER_BATCH = 1000
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 for _name in ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# A locked database is retried, and reported once as a TrackingWarning if it stays locked: MLflow's
+# own multi-line SQL error log for each attempt would bury that line.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 # --------------------------------------------------------------------------- where things go
@@ -135,11 +147,25 @@ def is_number(value: Any) -> bool:
 
 
 class StageRun:
-    """Logging handle for one stage's MLflow run; every call names the run id explicitly."""
+    """Logging handle for one stage's MLflow run; every call names the run id explicitly.
+
+    A logging call that fails (the store unavailable past the wait) warns once and turns the handle
+    off: the stage's work is never lost to its tracking.
+    """
 
     def __init__(self, client: MlflowClient, run_id: str):
         self.client = client
         self.run_id = run_id
+        self.broken = False
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        if self.broken:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 (see the class docstring)
+            self.broken = True
+            _warn(what, err)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log the numbers among `metrics` (ints, floats, 0-d tensors/arrays); other values (None,
@@ -150,7 +176,8 @@ class StageRun:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if is_number(v)]
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH])
+            self._call("logging metrics", self.client.log_batch, self.run_id,
+                       metrics=items[i : i + MAX_METRICS_PER_BATCH])
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
         self.log_metrics({key: value}, step=step)
@@ -163,14 +190,14 @@ class StageRun:
             return
         if not path.is_file():
             raise FileNotFoundError(f"log_artifact: {path} does not exist (relative to cwd {Path.cwd()})")
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call("logging an artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
 
     def log_artifacts(self, directory: Path | str, artifact_path: str | None = None) -> None:
         """Copy a directory's contents into the run's artifacts (under artifact_path if given)."""
         directory = Path(directory)
         if not directory.is_dir():
             raise NotADirectoryError(f"log_artifacts: {directory} is not a directory (cwd {Path.cwd()})")
-        self.client.log_artifacts(self.run_id, str(directory), artifact_path)
+        self._call("logging artifacts", self.client.log_artifacts, self.run_id, str(directory), artifact_path)
 
     def log_figure(self, path: Path | str) -> None:
         """Log an image file under `figures/`, where the MLflow UI previews it."""
@@ -179,7 +206,8 @@ class StageRun:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self._call("setting tags", self.client.log_batch, self.run_id,
+                   tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 class NullStageRun(StageRun):
@@ -188,6 +216,7 @@ class NullStageRun(StageRun):
     def __init__(self) -> None:
         self.client = None  # type: ignore[assignment]
         self.run_id = None  # type: ignore[assignment]
+        self.broken = True
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         pass
@@ -202,10 +231,91 @@ class NullStageRun(StageRun):
         pass
 
 
+class TrackingWarning(UserWarning):
+    """The tracking store could not be reached; the stage's work went on without it."""
+
+
+def _wait_seconds() -> float:
+    return float(os.environ.get("GROUNDIFF_TRACKING_WAIT_S", "120"))
+
+
+def _busy(err: BaseException) -> bool:
+    """SQLite's "database is locked" (another process writes), however MLflow/SQLAlchemy wrap it."""
+    text = str(err).lower()
+    return "database is locked" in text or "database is busy" in text
+
+
+def _retrying(fn: Any) -> Any:
+    """`fn`, waiting and retrying while the SQLite store is locked (up to GROUNDIFF_TRACKING_WAIT_S)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        deadline, delay = time.monotonic() + _wait_seconds(), 0.05
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 (only "locked" is retried; anything else is raised)
+                if not _busy(err) or time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    return call
+
+
+class _RetryingClient:
+    """An MlflowClient whose every call waits and retries while the SQLite store is locked."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        return _retrying(attr) if callable(attr) else attr
+
+
 def _client(root: Path | str | None) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri(root))
+    # Opening the store can write too (it creates or migrates the schema): retried the same way.
+    client = _retrying(MlflowClient)(tracking_uri=tracking_uri(root))
+    _retrying(lambda: client._tracking_client.store)()
+    return _RetryingClient(client)  # type: ignore[return-value]
+
+
+def _warn(what: str, err: BaseException) -> None:
+    cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    warnings.warn(f"MLflow tracking: {what} failed ({type(err).__name__}: {cause[:200]}); "
+                  "the stage's work goes on untracked", TrackingWarning, stacklevel=3)
+
+
+def _unfinished_file(root: Path | str | None) -> Path:
+    return project_root(root) / "mlruns" / ".unfinished.jsonl"
+
+
+def _end_later(root: Path | str | None, run_id: str, status: str) -> None:
+    """Record a run whose end could not be written, for the next stage to settle."""
+    path = _unfinished_file(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"run_id": run_id, "status": status}) + "\n")
+
+
+def _settle_unfinished(client: MlflowClient, root: Path | str | None) -> None:
+    """End the runs that earlier stages could not end (store unavailable then)."""
+    path = _unfinished_file(root)
+    if not path.is_file():
+        return
+    left = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+            client.set_terminated(entry["run_id"], status=entry["status"])
+        except Exception:  # noqa: BLE001 (still unavailable, or a damaged line: keep it for later)
+            left.append(line)
+    if left:
+        path.write_text("".join(f"{line}\n" for line in left))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _experiment_id(client: MlflowClient, root: Path | str | None) -> str:
@@ -236,39 +346,52 @@ def _commit_tags(sha: str, dirty: bool) -> dict[str, str]:
     return {"groundiff.commit": sha[:7], "groundiff.dirty": str(dirty).lower(), "mlflow.source.git.commit": sha}
 
 
-def _end(client: MlflowClient, run_id: str, error: BaseException | None) -> str:
-    """Terminate a run: FINISHED, KILLED on Ctrl-C, FAILED on any other exception."""
-    if error is None:
-        status = "FINISHED"
-    else:
-        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-    client.set_terminated(run_id, status=status)
-    return status
-
-
 @contextmanager
 def pipeline_run(name: str = "pipeline", root: Path | str | None = None,
                  tags: Mapping[str, Any] | None = None) -> Iterator[str | None]:
-    """Open a parent run for one pipeline execution and yield its id (None with tracking off).
+    """Open a parent run for one pipeline execution and yield its id (None with tracking off, or when
+    the store cannot be reached: then the pipeline runs untracked, with a warning).
 
     Pass the id to the stages (`parent_run_id=` or env `GROUNDIFF_PARENT_RUN_ID`) to nest them.
     """
     if not enabled():
         yield None
         return
-    client = _client(root)
-    sha, dirty = git_commit(root)
-    run = client.create_run(
-        _experiment_id(client, root),
-        run_name=name,
-        tags={"groundiff.kind": "pipeline", **_commit_tags(sha, dirty), **{k: str(v) for k, v in (tags or {}).items()}},
-    )
     try:
-        yield run.info.run_id
+        client = _client(root)
+        _settle_unfinished(client, root)
+        sha, dirty = git_commit(root)
+        run_id = client.create_run(
+            _experiment_id(client, root),
+            run_name=name,
+            tags={"groundiff.kind": "pipeline", **_commit_tags(sha, dirty),
+                  **{k: str(v) for k, v in (tags or {}).items()}},
+        ).info.run_id
+    except Exception as err:  # noqa: BLE001 (tracking never costs work)
+        _warn("opening the pipeline's run", err)
+        yield None
+        return
+    try:
+        yield run_id
     except BaseException as error:
-        _end(client, run.info.run_id, error)
+        _close(client, root, run_id, error)
         raise
-    _end(client, run.info.run_id, None)
+    _close(client, root, run_id, None)
+
+
+def _close(client: MlflowClient, root: Path | str | None, run_id: str, error: BaseException | None,
+           parent: str | None = None) -> None:
+    """End a run (and mirror its status on a grouping parent); if the store refuses, warn and leave it
+    for the next stage to settle, so it does not stay RUNNING."""
+    status = "FINISHED" if error is None else "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+    for rid in (run_id, parent):
+        if rid is None:
+            continue
+        try:
+            client.set_terminated(rid, status=status)
+        except Exception as err:  # noqa: BLE001
+            _warn(f"ending run {rid} as {status}", err)
+            _end_later(root, rid, status)
 
 
 def _dvc_repro_parent(client: MlflowClient, experiment_id: str, sha: str, dirty: bool) -> str:
@@ -298,32 +421,51 @@ def stage_run(stage: str, params: Mapping[str, Any], root: Path | str | None = N
     if not enabled():
         yield NullStageRun()
         return
-    client = _client(root)
-    experiment_id = _experiment_id(client, root)
-    sha, dirty = git_commit(root)
-    parent = parent_run_id or os.environ.get(PARENT_ENV) or None
-    grouped = parent is None  # a plain `dvc repro`: the group run mirrors its latest stage's status
-    if grouped:
-        parent = _dvc_repro_parent(client, experiment_id, sha, dirty)
-    else:
-        _check_parent(client, parent)
-    tags = {"mlflow.parentRunId": parent, "groundiff.stage": stage, **_commit_tags(sha, dirty)}
-    run = StageRun(client, client.create_run(experiment_id, run_name=stage, tags=tags).info.run_id)
+    opened = _open_stage_run(stage, params, root, parent_run_id)
+    if opened is None:  # the store is unavailable: the work goes on untracked (warned)
+        yield NullStageRun()
+        return
+    client, run, parent = opened
     try:
-        from mlflow.entities import Param
-
-        flat = [Param(k, v) for k, v in flatten_params(params).items()]
-        for i in range(0, len(flat), MAX_PARAMS_PER_BATCH):
-            client.log_batch(run.run_id, params=flat[i : i + MAX_PARAMS_PER_BATCH])
         yield run
     except BaseException as error:
-        status = _end(client, run.run_id, error)
-        if grouped:
-            client.set_terminated(parent, status=status)
+        _close(client, root, run.run_id, error, parent)
         raise
-    _end(client, run.run_id, None)
-    if grouped:
-        client.set_terminated(parent, status="FINISHED")
+    _close(client, root, run.run_id, None, parent)
+
+
+def _open_stage_run(stage: str, params: Mapping[str, Any], root: Path | str | None,
+                    parent_run_id: str | None) -> tuple[MlflowClient, StageRun, str | None] | None:
+    """(client, the stage's run, the grouping parent to mirror its status or None); None after a
+    warning when the store cannot be reached. A parent that is not in the store is an error."""
+    try:
+        client = _client(root)
+        _settle_unfinished(client, root)
+        experiment_id = _experiment_id(client, root)
+        sha, dirty = git_commit(root)
+        parent = parent_run_id or os.environ.get(PARENT_ENV) or None
+        grouped = parent is None  # a plain `dvc repro`: the group run mirrors its latest stage's status
+        if grouped:
+            parent = _dvc_repro_parent(client, experiment_id, sha, dirty)
+        else:
+            _check_parent(client, parent)
+        tags = {"mlflow.parentRunId": parent, "groundiff.stage": stage, **_commit_tags(sha, dirty)}
+        run = StageRun(client, client.create_run(experiment_id, run_name=stage, tags=tags).info.run_id)
+    except ParentRunMissing:
+        raise
+    except Exception as err:  # noqa: BLE001 (tracking never costs work)
+        _warn(f"opening the {stage} run", err)
+        return None
+    from mlflow.entities import Param
+
+    flat = [Param(k, v) for k, v in flatten_params(params).items()]
+    for i in range(0, len(flat), MAX_PARAMS_PER_BATCH):
+        run._call("logging params", client.log_batch, run.run_id, params=flat[i : i + MAX_PARAMS_PER_BATCH])
+    return client, run, parent if grouped else None
+
+
+class ParentRunMissing(RuntimeError):
+    """GROUNDIFF_PARENT_RUN_ID (or the argument) names a run that is not in the store."""
 
 
 def _check_parent(client: MlflowClient, run_id: str) -> None:
@@ -333,13 +475,15 @@ def _check_parent(client: MlflowClient, run_id: str) -> None:
     try:
         client.get_run(run_id)
     except MlflowException as err:
-        raise RuntimeError(
+        if _busy(err):
+            raise
+        raise ParentRunMissing(
             f"parent run {run_id!r} (argument or {PARENT_ENV}) is not in {client.tracking_uri}: "
             f"unset {PARENT_ENV}, or point MLFLOW_TRACKING_URI at the store that holds it."
         ) from err
 
 
 __all__ = [
-    "NullStageRun", "StageRun", "artifact_root", "enabled", "flatten_params", "git_commit", "is_number",
+    "NullStageRun", "ParentRunMissing", "StageRun", "TrackingWarning", "artifact_root", "enabled", "flatten_params", "git_commit", "is_number",
     "pipeline_run", "project_root", "stage_run", "tracking_uri",
 ]

@@ -13,9 +13,10 @@ captured during generation equal those `capture.replay_features` recomputes from
 
 from __future__ import annotations
 
+from groundiff.core.checkpoint import loading_model
 from groundiff.core.schema import SamplingConfig
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +41,11 @@ def load_pipeline(source: str | Path, device: str = "cpu", dtype: torch.dtype = 
         )
     if path.exists() and not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
-    pipe = StableDiffusionPipeline.from_pretrained(
-        str(source), dtype=dtype, safety_checker=None, requires_safety_checker=False
-    )
+    # A hub id that is not downloaded is the preflight's to explain; a local folder that fails is damaged.
+    with loading_model(source, "diffusers pipeline") if path.exists() else nullcontext():
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(source), dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
     if not isinstance(pipe.scheduler, DDIMScheduler):
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

@@ -28,12 +28,23 @@ Ours is also scored at the other thresholds of `THRESHOLD_GRID` (the threshold s
 details and the report). Its seen-class row is how `synth_dataset.threshold` is chosen without
 looking at an unseen class.
 
+Test-time normalisation (`norm_at_test`). "running" runs the module in eval mode: BatchNorm uses
+its running statistics and the spectral norm is frozen (torch's) or iterates without updating
+(the released code's). "batch" reproduces the released test.py, which never calls `.eval()`: the
+module runs in train mode, one image at a time (its batch size 1), so each image's mix convs are
+normalised by that image's own statistics; as in that code, every call also moves BatchNorm's
+running statistics and the spectral-norm vectors (torch's u, v or the released `u0`, `sv0`), so
+later images see the state earlier ones left. That happens on a copy made here: the module passed
+in, and the folder it was loaded from, are never changed. The headline (`ours`) is
+`cfg.norm_at_test`; the other mode is scored on the same pairs, as the table's second row.
+
 The authors released neither this evaluation code nor their PASCAL-sim / COCO-sim test sets;
 the settings above are this project's documented choices (PAPER.md).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,6 +84,11 @@ THRESHOLD_GRID: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 PAIR_COLUMNS = ["index", "category", "prompt", "seed", "k", "class", "seen", "found", "score",
                 "iou_ours", "iou_daam"]
+#: norm_at_test -> the other mode, scored as the table's second row.
+OTHER_NORM = {"running": "batch", "batch": "running"}
+#: How reports name the two test-time modes.
+NORM_LABELS = {"running": "eval mode, BatchNorm's running statistics",
+               "batch": "train mode, each image's own statistics, as the released test.py runs it"}
 
 
 # --- 1. the test prompts ----------------------------------------------------------------------
@@ -160,10 +176,23 @@ class Protocol1Result:
     examples: list[Example]
     # ours' mIoU % at each THRESHOLD_GRID value: {category | "seen_classes": {str(threshold): mIoU}}
     threshold_curve: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # the test-time normalisation of `metrics["ours"]` (EvalConfig.norm_at_test)
+    norm_at_test: str = "running"
+    # ours in the other mode, on the same pairs: {category: mIoU %} (empty when not scored)
+    other_norm: dict[str, float | None] = field(default_factory=dict)
 
     def details(self) -> dict:
-        """What metrics/protocol1_details.json holds: counts, per-class mIoU and the threshold sweep."""
-        return {"counts": self.counts, "per_class": self.per_class, "threshold_curve": self.threshold_curve}
+        """What metrics/protocol1_details.json holds: counts, per-class mIoU, the threshold sweep, both test modes."""
+        out = {"counts": self.counts, "per_class": self.per_class, "threshold_curve": self.threshold_curve}
+        if self.other_norm:
+            out["norm_at_test"] = {"headline": self.norm_at_test, "other": OTHER_NORM[self.norm_at_test],
+                                   "ours_other": self.other_norm}
+        return out
+
+    def logged_metrics(self) -> dict[str, float]:
+        """`flat_metrics` of the table, plus ours in the other test mode as `ours_norm_<mode>_<category>`."""
+        other = {f"ours_norm_{OTHER_NORM[self.norm_at_test]}_{c}": v for c, v in self.other_norm.items() if v is not None}
+        return {**flat_metrics(self.metrics), **other}
 
     def best_seen_threshold(self) -> float | None:
         """The grid threshold with the best mIoU over seen-class pairs (None if none was scored)."""
@@ -177,8 +206,12 @@ class Protocol1Result:
 
         scored = sum(n["evaluated"] for n in self.counts.values())
         missed = sum(n["oracle_missed"] for n in self.counts.values())
+        second = ""
+        if self.other_norm:
+            values = " ".join(f"{c}={v if v is None else round(v, 1)}" for c, v in self.other_norm.items())
+            second = f"  ours, norm_at_test {OTHER_NORM[self.norm_at_test]}: {values}\n"
         return (f"mIoU (%) over {scored} (image, class) pairs ({missed} missed by the oracle, left out)\n"
-                f"  ours: {row('ours')}\n  daam: {row('daam')}\n"
+                f"  ours (norm_at_test {self.norm_at_test}): {row('ours')}\n{second}  daam: {row('daam')}\n"
                 f"  ours' best mask threshold on seen-class pairs: {self.best_seen_threshold()}")
 
 
@@ -233,22 +266,35 @@ def _grounding_probs(model, features: list[torch.Tensor], embeddings: torch.Tens
     return [probs[i, :len(sample)] for i, sample in enumerate(names)]
 
 
+def _grounding_probs_one_by_one(model, features: list[torch.Tensor], embeddings: torch.Tensor,
+                                names: list[list[str]], index_of: dict[str, int], size: int) -> list[np.ndarray]:
+    """`_grounding_probs` image by image, in order: the released test.py's batch size 1 (norm_at_test "batch")."""
+    return [_grounding_probs(model, [f[i:i + 1] for f in features], embeddings, [sample], index_of, size)[0]
+            for i, sample in enumerate(names)]
+
+
 def evaluate(pipe, oracle, model, table: pd.DataFrame, split: ClassSplit, cfg: EvalConfig,
              progress: bool = True) -> Protocol1Result:
     """Generate every row of `table` once, score the grounding module and DAAM on the same pairs.
 
     pipe: the world's StableDiffusionPipeline; oracle: anything with `.detect(images)` returning
-    `Detections`; model: a `GroundingModule` (put in eval mode here).
+    `Detections`; model: a `GroundingModule` (put in eval mode here, otherwise never changed: the
+    "batch" test mode runs a train-mode copy).
     """
     names_all = [class_list(c) for c in table["classes"]]
     split.check_known([n for names in names_all for n in names], "Protocol I prompts")
     model.eval()
+    # norm_at_test "batch": a copy in train mode, whose running statistics and spectral-norm vectors
+    # move image after image as in the released test.py; `model` itself stays as it was loaded
+    modes = {"running": model, "batch": copy.deepcopy(model).train()}
+    other = OTHER_NORM[cfg.norm_at_test]
     size = image_size(pipe)
     call = capture_call_for(cfg.sampling.steps, cfg.capture_t)
     embeddings = class_embeddings(pipe, split.classes, cfg.template_one)  # (K_all, D)
     index_of = {name: i for i, name in enumerate(split.classes)}
     unseen = set(split.unseen)
     records: list[tuple] = []
+    other_iou: list[float] = []  # per pair, ours' IoU in the other test mode
     sweeps: list[np.ndarray] = []  # per pair, ours' IoU at each THRESHOLD_GRID value
     examples: list[Example] = []
     wanted = {c: cfg.examples_per_category for c in CATEGORIES}
@@ -262,11 +308,14 @@ def evaluate(pipe, oracle, model, table: pd.DataFrame, split: ClassSplit, cfg: E
         #    both hooks on: features at the capture step and cross-attention over all steps
         with FeatureCapture(pipe.unet, call) as cap, DAAMTrace(pipe) as trace:
             images = generate(pipe, prompts, seeds, cfg.sampling, fp32_call=call)  # (B, H, W, 3) uint8
-        # 2. both methods' masks, from that single generation
-        probs = _grounding_probs(model, cap.result(), embeddings, names, index_of, size)
+        # 2. both methods' masks, from that single generation; ours in both test modes
+        features = cap.result()
+        by_mode = {"running": _grounding_probs(modes["running"], features, embeddings, names, index_of, size),
+                   "batch": _grounding_probs_one_by_one(modes["batch"], features, embeddings, names, index_of, size)}
+        probs, probs_other = by_mode[cfg.norm_at_test], by_mode[other]
         ours = [p > cfg.mask_threshold for p in probs]
         daam = [m.cpu().numpy() > cfg.daam_threshold for m in trace.heat_maps(prompts, names, size)]
-        del cap, trace  # the captured features are large (SD v1: ~60 MB per image)
+        del cap, trace, features, by_mode  # the captured features are large (SD v1: ~60 MB per image)
         # 3. the oracle's top-scoring instance per prompted class is the ground truth
         detections = oracle.detect(list(images))
         pairs_here = []  # (i, k, class, score, oracle mask or None when missed)
@@ -277,17 +326,19 @@ def evaluate(pipe, oracle, model, table: pd.DataFrame, split: ClassSplit, cfg: E
                 pairs_here.append((i, k, name, score, np.asarray(mask, bool) if found else None))
         # 4. IoU on the found pairs only, the same pairs for both methods
         scored = [j for j, p in enumerate(pairs_here) if p[4] is not None]
-        iou = {m: np.full(len(pairs_here), np.nan) for m in METHODS}
+        iou = {m: np.full(len(pairs_here), np.nan) for m in (*METHODS, "other")}
         sweep = np.full((len(pairs_here), len(THRESHOLD_GRID)), np.nan)
         if scored:
             targets = np.stack([pairs_here[j][4] for j in scored])  # (N, H, W)
-            for m, preds in (("ours", ours), ("daam", daam)):
+            ours_other = [p > cfg.mask_threshold for p in probs_other]
+            for m, preds in (("ours", ours), ("daam", daam), ("other", ours_other)):
                 iou[m][scored] = pairwise_iou(np.stack([preds[pairs_here[j][0]][pairs_here[j][1]] for j in scored]),
                                               targets)
             scored_probs = np.stack([probs[pairs_here[j][0]][pairs_here[j][1]] for j in scored])
             for g, t in enumerate(THRESHOLD_GRID):
                 sweep[scored, g] = pairwise_iou(scored_probs > t, targets)
         sweeps.append(sweep)
+        other_iou.extend(iou["other"].tolist())
         for j, (i, k, name, score, target) in enumerate(pairs_here):
             row = rows.iloc[i]
             records.append((int(row["index"]), row["category"], row["prompt"], int(row["seed"]), k, name,
@@ -300,7 +351,10 @@ def evaluate(pipe, oracle, model, table: pd.DataFrame, split: ClassSplit, cfg: E
     pairs = pd.DataFrame(records, columns=PAIR_COLUMNS)
     metrics, counts, per_class = summarise(pairs, split.classes)
     curve = threshold_curve(pairs, np.concatenate(sweeps) if sweeps else np.zeros((0, len(THRESHOLD_GRID))))
-    return Protocol1Result(metrics, counts, per_class, pairs, examples, curve)
+    pairs["iou_ours_other"] = other_iou  # ours in the other test mode (NaN where the oracle missed)
+    found = pairs[pairs["found"]]
+    second = {c: _percent(found.loc[found["category"] == c, "iou_ours_other"]) for c in CATEGORIES}
+    return Protocol1Result(metrics, counts, per_class, pairs, examples, curve, cfg.norm_at_test, second)
 
 
 # --- 3. reports -------------------------------------------------------------------------------
@@ -338,8 +392,13 @@ def markdown_report(result: Protocol1Result, cfg: EvalConfig, setting: str = "")
         head, rule,
         row("DAAM", result.metrics["daam"]),
         row("ours (grounding module)", result.metrics["ours"]),
+        *([row(f"ours, norm_at_test: {OTHER_NORM[result.norm_at_test]}", result.other_norm)] if result.other_norm else []),
         counts,
         "",
+        *([f"Ours is tested with `norm_at_test: {result.norm_at_test}` ({NORM_LABELS[result.norm_at_test]}); the "
+           f"second row is the same module and pairs with `{OTHER_NORM[result.norm_at_test]}` "
+           f"({NORM_LABELS[OTHER_NORM[result.norm_at_test]]}). The paper's published numbers were made the "
+           "released test.py's way, `batch`.", ""] if result.other_norm else []),
         "**The paper's numbers, for reference (not this run):** Table 1, PASCAL-sim — Stable Diffusion v1 "
         "with PASCAL VOC classes and a COCO Mask R-CNN oracle, mean over the three VOC splits (PAPER.md).",
         "",

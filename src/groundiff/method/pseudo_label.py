@@ -21,7 +21,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from groundiff.data.shards import complete_shards, read_shard
+from groundiff.data.shards import complete_shards, content_digest, damaged_files, manifest_source, read_shard, write_manifest
 from groundiff.worlds.oracle import Oracle
 from groundiff.core.schema import PseudoLabelConfig
 
@@ -49,6 +49,7 @@ def label_shard(oracle: Oracle, shard: Path, out: Path, cfg: PseudoLabelConfig) 
                 rows.append((sample.index, k, name, bool(found), float(score)))
     table = pd.DataFrame(rows, columns=LABEL_COLUMNS)
     table.to_csv(partial / "labels.csv", index=False)
+    write_manifest(partial, source=content_digest(shard))  # keyed on the images it labelled
     shutil.rmtree(final, ignore_errors=True)
     os.replace(partial, final)
     return table
@@ -70,8 +71,9 @@ def pseudo_label(oracle: Oracle, synth_root: Path, out_root: Path, cfg: PseudoLa
     marker.write_text(stamp)
     tables = []
     for shard in tqdm(shards, desc="pseudo_label shards", mininterval=5):
-        done = out_root / shard.name / "labels.csv"
-        tables.append(pd.read_csv(done) if done.is_file() else label_shard(oracle, shard, out_root, cfg))
+        done = out_root / shard.name
+        reuse = reusable_labels(done, shard)
+        tables.append(pd.read_csv(done / "labels.csv") if reuse else label_shard(oracle, shard, out_root, cfg))
     labels = pd.concat(tables, ignore_index=True)
     return {
         "images": int(labels["index"].nunique()),
@@ -79,6 +81,21 @@ def pseudo_label(oracle: Oracle, synth_root: Path, out_root: Path, cfg: PseudoLa
         "found_rate": float(labels["found"].mean()),
         "found_rate_per_class": labels.groupby("class")["found"].mean().round(4).to_dict(),
     }
+
+
+def reusable_labels(labels: Path, shard: Path) -> bool:
+    """Whether a finished label shard can be reused: intact, and made from exactly the images `shard`
+    holds now (its manifest records their digest). A changed, replaced or regenerated image, or a
+    label shard without that record, is labelled again: an old label never passes for a new image."""
+    if not (labels / "labels.csv").is_file():
+        return False
+    if manifest_source(labels) != content_digest(shard) or damaged_files(labels):
+        import warnings
+
+        warnings.warn(f"{labels}: not the labels of {shard} as it is now (or damaged); labelling it again",
+                      stacklevel=2)
+        return False
+    return True
 
 
 def read_labels(root: Path) -> pd.DataFrame:

@@ -87,7 +87,9 @@ def label_map(logits: torch.Tensor, labels: list[int], threshold: float, ignore_
 
 
 def _fingerprint(table: pd.DataFrame, cfg: SynthDatasetConfig, model_ids: list[str]) -> str:
-    payload = json.dumps({"cfg": asdict(cfg), "models": model_ids, "rows": table[["prompt", "seed"]].values.tolist()},
+    # where the grounding module lives is not what it is: it enters by content, through model_ids
+    settings = {k: v for k, v in asdict(cfg).items() if k != "grounding_dir"}
+    payload = json.dumps({"cfg": settings, "models": model_ids, "rows": table[["prompt", "seed"]].values.tolist()},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -130,8 +132,28 @@ def plan_dataset(split: ClassSplit, cfg: SynthDatasetConfig, root: Path, model_i
     requested = check_shards(shards, n_shards)
     prepare_output(root, _fingerprint(table, cfg, model_ids), marker="synth_dataset.json",
                    subdirs=("JPEGImages", "SegmentationClass", "shards", "ImageSets/Segmentation"))
-    todo = [s for s in requested if not (root / "shards" / f"shard_{s:05d}.json").is_file()]
+    todo = [s for s in requested if not _intact_shard(root, s)]
     return table, ShardPlan(n_shards, todo, len(requested) - len(todo))
+
+
+def _intact_shard(root: Path, shard: int) -> bool:
+    """A finished shard whose every image and label still reads whole; a damaged one loses its marker
+    (with a warning naming the file) and is made again."""
+    marker = root / "shards" / f"shard_{shard:05d}.json"
+    if not marker.is_file():
+        return False
+    try:
+        for image_id, _ in json.loads(marker.read_text())["samples"]:
+            for path in (root / "JPEGImages" / f"{image_id}.jpg", root / "SegmentationClass" / f"{image_id}.png"):
+                with Image.open(path) as img:
+                    img.load()
+    except Exception as err:  # noqa: BLE001 (a missing or unreadable file, or marker: redo the shard)
+        import warnings
+
+        warnings.warn(f"{marker}: shard damaged ({type(err).__name__}: {err}); making it again", stacklevel=2)
+        marker.unlink()
+        return False
+    return True
 
 
 def dataset_embeddings(pipe, split: ClassSplit, cfg: SynthDatasetConfig) -> dict[str, torch.Tensor]:

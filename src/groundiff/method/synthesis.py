@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from groundiff.core.checkpoint import write_text_atomic
-from groundiff.data.shards import complete_shards, shard_name, write_shard
+from groundiff.data.shards import complete_shards, drop_damaged, shard_name, write_shard
 from groundiff.diffusion.capture import FeatureCapture, capture_call_for
 from groundiff.diffusion.pipeline import SamplingConfig, generate
 from groundiff.core.schema import SynthesisConfig
@@ -115,7 +115,8 @@ def plan_synthesis(table: pd.DataFrame, cfg: SynthesisConfig, root: Path, model_
     n_shards = math.ceil(len(table) / cfg.shard_size)
     requested = check_shards(shards, n_shards)
     prepare_output(root, table_fingerprint(table, cfg, model_id))
-    done = {p.name for p in complete_shards(root)}
+    # A finished shard is kept only when its files are as its writer recorded them.
+    done = {p.name for p in drop_damaged(complete_shards(root), "synthesis")}
     todo = [s for s in requested if shard_name(s) not in done]
     return ShardPlan(n_shards, todo, len(requested) - len(todo))
 

@@ -21,6 +21,7 @@ checkpoint), whose weights are loaded only then — nothing is downloaded otherw
 
 from __future__ import annotations
 
+from groundiff.core.checkpoint import loading_model
 from groundiff.core.schema import COLOR_AUG_MODES, SegmenterConfig
 import json
 import logging
@@ -213,8 +214,9 @@ class Segmenter:
         path = Path(path)
         if not (path / META_FILE).is_file():
             raise FileNotFoundError(f"{path}: no trained segmenter here ({META_FILE} missing)")
-        meta = json.loads((path / META_FILE).read_text())
-        model = MaskFormerForInstanceSegmentation.from_pretrained(path).to(device).eval()
+        with loading_model(path, "segmenter"):
+            meta = json.loads((path / META_FILE).read_text())
+            model = MaskFormerForInstanceSegmentation.from_pretrained(path).to(device).eval()
         return cls(model, meta["classes"], meta["input_size"])
 
     @torch.no_grad()

@@ -7,12 +7,13 @@ With `distributed.scheduler` set, the shards are made on a Dask cluster (groundi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from groundiff.core import paths, tracking
-from groundiff.core.io import write_json
+from groundiff.core.io import project_path, write_json
 from groundiff.method.distributed import run_synth_dataset
 from groundiff.stages.common import open_stage, run_stage
 
-GROUNDING = paths.GROUNDING
 OUT = paths.SYNTH_SEGMENTATION
 METRICS = paths.metrics("synth_dataset")
 
@@ -22,8 +23,11 @@ def main() -> None:
     cfg = params.section("synth_dataset")
     dist = params.section("distributed")
     split, source, device = world.split, world.pipeline, params.world.device
+    project_path(cfg.grounding_dir)  # a module folder from params must stay inside the project
+    # passed as written (models/grounding), not resolved: it names the module in the output's fingerprint
+    grounding = Path(cfg.grounding_dir)
     with tracking.stage_run("synth_dataset", params.logged()) as run:
-        stats = run_synth_dataset(source, GROUNDING, split, cfg, OUT, dist, device)
+        stats = run_synth_dataset(source, grounding, split, cfg, OUT, dist, device)
         write_json(METRICS, stats)
         run.log_metrics({f"images_{k}": v for k, v in stats["images"].items()})
         run.log_metrics({f"pixel_share_{k}": v for k, v in stats["pixel_share"].items()})

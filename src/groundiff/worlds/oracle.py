@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from groundiff.core.checkpoint import loading_model
+
 
 @dataclass
 class Detections:
@@ -157,10 +159,11 @@ class TorchvisionOracle:
                 f"{folder}: no detector here (need config.json and model.safetensors; the shapes world's is "
                 "made by its world_detector stage); elsewhere set the oracle path in params.yaml"
             )
-        raw = json.loads(config_path.read_text())
-        arch = DetectorArch(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-        model = build_maskrcnn(arch)
-        model.load_state_dict(load_file(str(weights)))
+        with loading_model(folder, "detector"):
+            raw = json.loads(config_path.read_text())
+            arch = DetectorArch(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+            model = build_maskrcnn(arch)
+            model.load_state_dict(load_file(str(weights)))
         return cls(model.to(device).eval(), arch.classes, device=device, arch=arch, **thresholds)
 
     def save_pretrained(self, folder: str | Path) -> None:

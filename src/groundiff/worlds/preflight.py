@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from groundiff.core.io import file_digest
 from groundiff.core.paths import looks_like_hub_id, world_detector, world_diffusion
 from groundiff.core.schema import OracleParams, PaperWorldParams
 
@@ -111,13 +112,7 @@ def check_paper_world(world: str, params: PaperWorldParams) -> list[str]:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def diffusion_folder(source: str) -> Path:

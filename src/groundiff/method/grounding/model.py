@@ -7,7 +7,8 @@ One file you can read in one sitting (PAPER.md, "Grounding module"):
    a 1x1 conv (no bias) squeezes each bucket to a few channels. Walking from the lowest bucket
    up, the running map is upsampled to the next bucket's size, concatenated with it and mixed
    by a BigGAN-style residual block (`MixConv`). For SD v1: 16 ch @16 -> (16+32) @32 ->
-   (48+64) @64 -> (112+128) @64, so F is 240 x 64 x 64.
+   (48+64) @64 -> (112+128) @64, so F is 240 x 64 x 64. The mix convs' 3x3 convs are
+   spectral-normalised, torch's way or the released code's (`spectral_norm`, see `PowerIterationConv2d`).
 2. Fusion. F is cut into non-overlapping 4x4 patches (256 tokens of 240*16 = 3840 values),
    projected to d_model as keys/values; each class embedding is projected to d_model as a
    query; a 3-layer pre-norm transformer decoder (self-attention among the classes, then
@@ -20,10 +21,16 @@ Unlike the released code, samples in a batch never mix: there the batch is flatt
 query sequence and one patch sequence, so every class attends to every image of the batch.
 Here attention runs per sample, and samples may carry different numbers of classes
 (`class_mask`). In training mode BatchNorm still shares batch statistics, as in the paper.
+
+The released code's run-time details that change numbers are options (docs/official.md):
+`spectral_norm` ("torch": torch's parametrization; "biggan": one power
+iteration per forward in train and eval mode, the vector kept as `u0`) and `decoder_init`
+("independent" layers, or "cloned": three copies of one freshly built layer).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -34,9 +41,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
-from groundiff.core.checkpoint import atomic_path, write_text_atomic
+from groundiff.core.checkpoint import atomic_path, loading_model, write_text_atomic
+from groundiff.core.schema import DECODER_INITS, SPECTRAL_NORMS
 from groundiff.diffusion.features import FeatureSpec, buckets, feature_specs
 
 CONFIG_NAME = "config.json"
@@ -44,6 +52,10 @@ WEIGHTS_NAME = "model.safetensors"
 
 #: The paper's 1x1-conv widths for its 4 buckets (low, mid, high, highest).
 _PAPER_BUCKET_WIDTHS = (16, 32, 64, 128)
+#: Config fields added after modules were shipped, with the value those modules had: config.json
+#: carries them only when they differ, so a module trained with the defaults is saved byte for
+#: byte as before, and an older config.json loads with these values.
+_WRITTEN_WHEN_SET: dict[str, str] = {"spectral_norm": "torch", "decoder_init": "independent"}
 
 
 @dataclass(frozen=True)
@@ -86,8 +98,20 @@ class GroundingConfig:
     # mean embedding and divide by their RMS deviation (buffers `text_shift`, `text_scale`, fixed
     # by `set_text_statistics`). Not in the paper; see `set_text_statistics` for why
     standardize_text: bool = False
+    # the mix convs' spectral norm: "torch" (torch's parametrization: 15 power iterations at
+    # construction, one per training forward, none in eval) or "biggan" (the released code: one
+    # iteration per forward in train AND eval mode from the stored vector `u0`, which only
+    # training updates)
+    spectral_norm: str = "torch"
+    # the decoder layers' initial weights: "independent" draws, or "cloned" (the released code
+    # deep-copies one freshly built layer, so all layers start equal). Changes the start only
+    decoder_init: str = "independent"
 
     def __post_init__(self) -> None:
+        if self.spectral_norm not in SPECTRAL_NORMS:
+            raise ValueError(f"spectral_norm {self.spectral_norm!r} is not one of {', '.join(SPECTRAL_NORMS)}")
+        if self.decoder_init not in DECODER_INITS:
+            raise ValueError(f"decoder_init {self.decoder_init!r} is not one of {', '.join(DECODER_INITS)}")
         # JSON gives lists; keep tuples so the config stays hashable and compares equal.
         for name in ("feature_channels", "feature_strides", "bucket_widths"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
@@ -167,6 +191,58 @@ class GroundingConfig:
         return self.bucket_sizes[-1]
 
 
+class PowerIterationConv2d(nn.Conv2d):
+    """A conv whose weight is divided by a one-step power-iteration estimate of its top singular value.
+
+    The released code's spectral norm (BigGAN's), written from its description. With W the weight
+    as (out, in*k*k) and `u0` (1, out) the stored left-vector estimate, every forward, in train
+    AND eval mode, runs one power iteration
+
+        v = normalize(u0 W),   u = normalize(v Wᵀ),   sigma = v Wᵀ uᵀ
+
+    and convolves with W / sigma (the gradient flows through W in sigma, not through u, v). Only
+    in train mode is u written back to `u0` and sigma to `sv0` (the latter only for logging), so
+    a module in eval mode gives the same output every call, and one in train mode refines its
+    estimate a step per call. `u0` starts as a standard normal draw; both are buffers, saved with
+    the weights. torch's `spectral_norm` parametrization instead runs 15 iterations at
+    construction and none in eval mode: at initialisation this estimate is smaller (0.76-0.83 of
+    the top singular value on the SD v1 module's mix convs, vs torch's 0.95-1.00; docs/official.md),
+    so the released code's first steps use larger weights.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 eps: float = 1e-4) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding)
+        self.eps = eps
+        self.register_buffer("u0", torch.randn(1, out_channels))  # (1, out) left singular vector estimate
+        self.register_buffer("sv0", torch.ones(1))  # the last training sigma, never used
+
+    def sigma(self) -> Tensor:
+        """The estimate of W's top singular value (one power iteration; `u0` updated in train mode)."""
+        w = self.weight.reshape(self.weight.shape[0], -1)  # (out, in*k*k)
+        with torch.no_grad():
+            v = F.normalize(self.u0 @ w, dim=1, eps=self.eps)  # (1, in*k*k)
+            u = F.normalize(v @ w.t(), dim=1, eps=self.eps)  # (1, out)
+        sigma = (v @ w.t() @ u.t()).squeeze()  # () differentiable in W
+        if self.training:
+            with torch.no_grad():
+                self.u0.copy_(u)
+                self.sv0.copy_(sigma.detach())
+        return sigma
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.weight / self.sigma(), self.bias)
+
+
+def sn_conv3x3(channels: int, kind: str, eps: float) -> nn.Module:
+    """A spectral-normalised 3x3 conv (equal in/out channels), torch's or the released code's way."""
+    if kind == "biggan":
+        return PowerIterationConv2d(channels, channels, 3, padding=1, eps=eps)
+    # One power iteration per training step, as in BigGAN. The parametrization keeps the raw
+    # weight as `parametrizations.weight.original` (a parameter) and u, v as buffers.
+    return torch_spectral_norm(nn.Conv2d(channels, channels, 3, padding=1), n_power_iterations=1, eps=eps)
+
+
 class MixConv(nn.Module):
     """BigGAN-style residual block with equal in/out channels (hence no 1x1 shortcut conv).
 
@@ -183,15 +259,14 @@ class MixConv(nn.Module):
         bn_eps: float = 1e-4,
         bn_momentum: float = 0.1,
         sn_eps: float = 1e-4,
+        spectral_norm: str = "torch",
     ) -> None:
         super().__init__()
         self.shortcut_after_relu = shortcut_after_relu
         self.bn1 = nn.BatchNorm2d(channels, eps=bn_eps, momentum=bn_momentum, affine=False)
         self.bn2 = nn.BatchNorm2d(channels, eps=bn_eps, momentum=bn_momentum, affine=False)
-        # One power iteration per training step, as in BigGAN. The parametrization keeps the raw
-        # weight as `parametrizations.weight.original` (a parameter) and u, v as buffers.
-        self.conv1 = spectral_norm(nn.Conv2d(channels, channels, 3, padding=1), n_power_iterations=1, eps=sn_eps)
-        self.conv2 = spectral_norm(nn.Conv2d(channels, channels, 3, padding=1), n_power_iterations=1, eps=sn_eps)
+        self.conv1 = sn_conv3x3(channels, spectral_norm, sn_eps)
+        self.conv2 = sn_conv3x3(channels, spectral_norm, sn_eps)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C, H, W)
         a = F.relu(self.bn1(x))
@@ -262,12 +337,16 @@ class GroundingModule(nn.Module):
         )
         cum = [sum(c.bucket_widths[: i + 1]) for i in range(1, c.n_buckets)]  # 48, 112, 240 for SD
         self.mix_convs = nn.ModuleList(
-            MixConv(ch, c.shortcut_after_relu, c.bn_eps, c.bn_momentum, c.sn_eps) for ch in cum
+            MixConv(ch, c.shortcut_after_relu, c.bn_eps, c.bn_momentum, c.sn_eps, c.spectral_norm) for ch in cum
         )
         # 2. fusion: patch tokens as keys/values, class embeddings as queries (no bias, as released)
         self.to_k = nn.Linear(c.feature_dim * c.patch_size**2, c.d_model, bias=False)
         self.to_q = nn.Linear(c.text_dim, c.d_model, bias=False)
-        self.layers = nn.ModuleList(DecoderLayer(c.d_model, c.n_heads, c.ffn_dim) for _ in range(c.n_layers))
+        if c.decoder_init == "cloned":  # the released code: one layer built, deep-copied n_layers times
+            first = DecoderLayer(c.d_model, c.n_heads, c.ffn_dim)
+            self.layers = nn.ModuleList(copy.deepcopy(first) for _ in range(c.n_layers))
+        else:
+            self.layers = nn.ModuleList(DecoderLayer(c.d_model, c.n_heads, c.ffn_dim) for _ in range(c.n_layers))
         self.mlp = MLP([c.d_model, c.d_model, c.d_model, c.feature_dim])
         if c.standardize_text:  # identity until set_text_statistics; saved with the weights
             self.register_buffer("text_shift", torch.zeros(c.text_dim))
@@ -397,7 +476,8 @@ class GroundingModule(nn.Module):
         """Write `config.json` and `model.safetensors` (weights, BN statistics, SN vectors)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(folder / CONFIG_NAME, json.dumps(asdict(self.config), indent=2) + "\n")
+        config = {k: v for k, v in asdict(self.config).items() if _WRITTEN_WHEN_SET.get(k, object()) != v}
+        write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         with atomic_path(folder / WEIGHTS_NAME) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "pt"})
@@ -412,12 +492,13 @@ class GroundingModule(nn.Module):
                 f"no trained grounding module in {folder} (missing {', '.join(missing)}): "
                 "the train_grounding stage trains one"
             )
-        raw = json.loads((folder / CONFIG_NAME).read_text())
-        known = {f.name for f in fields(GroundingConfig)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"{folder / CONFIG_NAME} has unknown fields {unknown}: written by another version?")
-        model = cls(GroundingConfig(**raw))
-        # strict: every weight, BN statistic and spectral-norm vector must be there
-        model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
+        with loading_model(folder, "grounding module"):
+            raw = json.loads((folder / CONFIG_NAME).read_text())
+            known = {f.name for f in fields(GroundingConfig)}
+            unknown = sorted(set(raw) - known)
+            if unknown:
+                raise ValueError(f"{CONFIG_NAME} has unknown fields {unknown}: written by another version?")
+            model = cls(GroundingConfig(**raw))
+            # strict: every weight, BN statistic and spectral-norm vector must be there
+            model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=True)
         return model.to(device).eval()
