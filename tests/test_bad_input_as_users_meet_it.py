@@ -74,7 +74,11 @@ def _edit(repo: Path, edit) -> str:
     (lambda p: p["prompts"].update(n=0), "params.yaml: prompts: n must be a positive number of prompts, got 0"),
     (lambda p: p["world"].update(name="shapez"), "params.yaml: world: unknown world 'shapez'; choose one of"),
     (lambda p: p["shapes"]["splits"].update({1: ["ring", "hexagon"]}), "unknown class 'hexagon'"),
-], ids=["prompts.n=0", "world-typo", "unknown-class"])
+    (lambda p: p["shapes"]["splits"].update({1: ["ring", "heart", "ring"]}),
+     "params.yaml: shapes.splits.1: unseen lists ring more than once; list each class once"),
+    (lambda p: p["shapes"]["splits"].update({1: []}),
+     "params.yaml: shapes.splits.1: no unseen classes; a zero-shot split holds out at least one class"),
+], ids=["prompts.n=0", "world-typo", "unknown-class", "class-twice", "no-unseen"])
 @pytest.mark.parametrize("target", [["prompts"], []], ids=["dvc-repro-prompts", "dvc-repro-all"])
 def test_bad_params_under_dvc_repro_delete_nothing(repo, edit, message, target):
     before = _hashes(repo)
@@ -84,7 +88,8 @@ def test_bad_params_under_dvc_repro_delete_nothing(repo, edit, message, target):
     finally:
         (repo / "params.yaml").write_text(good)
     assert proc.returncode != 0
-    assert f"error: {message}" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr, proc.stderr
     assert "failed to reproduce 'validate'" in proc.stderr  # stopped at the gate, before any stage ran
     assert _hashes(repo) == before
     assert _dvc(repo, "status", "prompts").stdout.strip().endswith("up to date.")
@@ -297,3 +302,34 @@ def test_a_store_locked_past_the_wait_costs_no_work_and_no_run_stays_running(tra
     runs = _runs(tracked / "mlflow.db")
     assert runs["victim"] == "FINISHED" and runs["next"] == "FINISHED"
     assert not (tracked / "mlruns/.unfinished.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- 6. data validated up front
+@pytest.mark.slow
+def test_a_bad_training_label_is_named_before_training_under_dvc_repro(repo):
+    """One label value outside the vocabulary in one real training label: found before step 1 (not when a
+    batch happens to draw it), naming the file and the fix; nothing else on disk changes."""
+    done = _dvc(repo, "repro", "world_data")
+    assert done.returncode == 0, done.stderr
+    import numpy as np
+    from PIL import Image
+
+    real = repo / "data/shapes/real"
+    first = (real / "ImageSets/Segmentation/train.txt").read_text().split()[3]
+    for folder in ("SegmentationClass", "SegmentationClassFull"):  # seen-only and every-class labels
+        label_path = real / folder / f"{first}.png"
+        with Image.open(label_path) as img:
+            palette, label = img.getpalette(), np.array(img)
+        label[0, 0] = 77
+        bad = Image.fromarray(label, mode="P")
+        bad.putpalette(palette)
+        bad.save(label_path)
+    before = _hashes(repo)
+    proc = _dvc(repo, "repro", "--single-item", "train_reference@real_all")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"/{first}.png holds label value(s) [77]" in errors[0], errors
+    assert "drop " + first + " from " in errors[0] and "train.txt" in errors[0], errors
+    after = _hashes(repo)
+    assert {k: v for k, v in after.items() if k != "dvc.lock"} == {k: v for k, v in before.items() if k != "dvc.lock"}

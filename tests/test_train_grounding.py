@@ -279,3 +279,14 @@ def test_stage_writes_module_metrics_and_plot(project, world):
     assert metrics["classes"] == ["star"] and metrics["steps"] == 3 and metrics["strategy"] == "without_zero_masks"
     plot = pd.read_csv(project / "metrics/train_grounding_loss.csv")
     assert list(plot.columns) == ["step", "loss"] and plot["step"].tolist() == [1, 2, 3]
+
+
+def test_a_batch_larger_than_the_data_is_a_warning_and_recorded_truthfully(world, pipe, tmp_path):
+    """Issue 27, class 5: batch_size 64 over the ~12 training images holds them all, and says so."""
+    cfg = replace(TINY, steps=1, batch_size=64, strategy="normal")
+    with pytest.warns(UserWarning, match=r"train_grounding.batch_size is 64, but there are only \d+ training images"):
+        _, metrics = train_grounding(pipe, world / "synth", world / "labels", SEEN, cfg, tmp_path)
+    assert metrics["batch_size"] == metrics["images_used"] < 64 and metrics["batch_size_requested"] == 64
+    _, exact = train_grounding(pipe, world / "synth", world / "labels", SEEN, replace(cfg, batch_size=4),
+                               tmp_path / "b")
+    assert exact["batch_size"] == 4 and "batch_size_requested" not in exact

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
 from groundiff.core import losslog
 from groundiff.core.checkpoint import fingerprint
@@ -116,6 +117,31 @@ class SegmentationSet:
         if source.ignore_labels:
             label = np.where(np.isin(label, source.ignore_labels), IGNORE, label).astype(np.uint8)
         return image, label
+
+    def check(self, num_labels: int) -> None:
+        """Read every sample once, before training: a label a batch would meet only at step 464 of 4000
+        fails now, naming its file. Labels must be palette PNGs of the image's size holding class
+        indices 0..num_labels-1 or 255 (ignore)."""
+        for source, image_id in tqdm(self.items, desc="checking training labels", mininterval=5, leave=False):
+            root = Path(source.root)
+            image_path, label_path = root / "JPEGImages" / f"{image_id}.jpg", root / source.labels / f"{image_id}.png"
+            fix = (f"fix or remake the label, or drop {image_id} from "
+                   f"{root / 'ImageSets' / 'Segmentation' / (source.split + '.txt')}")
+            try:
+                with Image.open(image_path) as img:
+                    size = img.size
+                label = load_label_png(label_path)
+                if source.ignore_labels:  # hidden (unseen) classes are ignore, as load() makes them
+                    label = np.where(np.isin(label, source.ignore_labels), IGNORE, label)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"training data: {err}; {fix}") from err
+            if label.shape != (size[1], size[0]):
+                raise ValueError(f"training data: {label_path} is {label.shape[1]}x{label.shape[0]} but its image "
+                                 f"{image_path.name} is {size[0]}x{size[1]}; {fix}")
+            bad = sorted(set(np.unique(label).tolist()) - set(range(num_labels)) - {IGNORE})
+            if bad:
+                raise ValueError(f"training data: {label_path} holds label value(s) {bad}, but the {num_labels - 1} "
+                                 f"classes use 0..{num_labels - 1} (and {IGNORE} = ignore); {fix}")
 
     def fingerprint(self) -> str:
         """A hash of every sample's image and label bytes, in order: changed data never resumes."""
@@ -366,6 +392,7 @@ def _train(sources: Sequence[DataSource], classes: Sequence[str], cfg: Segmenter
     # 1. data and model
     data = SegmentationSet(sources)
     num_labels = len(classes) + 1
+    data.check(num_labels)  # every label, before the first step
     model = build_model(cfg, classes).to(device)
     encoder = model.model.pixel_level_module.encoder
     backbone_ids = {id(p) for p in encoder.parameters()}

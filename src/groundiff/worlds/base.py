@@ -50,6 +50,13 @@ def make_split(
     classes = tuple(classes)
     if len(set(classes)) != len(classes):
         raise WorldError(f"{world}: duplicate class names in the vocabulary")
+    for role, names in (("unseen", unseen), ("seen", seen or ())):
+        twice = sorted({n for n in names if list(names).count(n) > 1})
+        if twice:
+            raise WorldError(f"{where}: {role} lists {', '.join(twice)} more than once; list each class once")
+    if not unseen:
+        raise WorldError(f"{where}: no unseen classes; a zero-shot split holds out at least one class "
+                         "(Protocol II's unseen mIoU and hIoU need one)")
     probe = ClassSplit(world, classes, (), ())
     probe.check_known(list(unseen), f"{where}: unseen")
     if seen is None:

@@ -32,6 +32,7 @@ with small batches, which fits a CPU budget; the lr is raised to match (see `Tra
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -297,6 +298,12 @@ def train_grounding(pipe, synth_root: Path, labels_root: Path, seen_classes: Seq
     loop = TrainingLoop(work_dir, fp, cfg.steps, {"module": model}, {"adam": opt}, log_every=cfg.log_every,
                         checkpoint_every=cfg.checkpoint_every, desc="train_grounding", on_log=on_log)
 
+    # A batch cannot hold more images than there are: say so, and record the size the batches have.
+    batch_size = min(cfg.batch_size, len(samples))
+    if batch_size < cfg.batch_size:
+        warnings.warn(f"train_grounding.batch_size is {cfg.batch_size}, but there are only {len(samples)} training "
+                      f"images: every batch holds {batch_size} (recorded as batch_size in the metrics)", stacklevel=2)
+
     # step s is batch s % n_batches of epoch s // n_batches (the "rng position")
     n_batches = -(-len(samples) // cfg.batch_size)
     order: dict[int, list[list[int]]] = {}  # the current epoch's batches
@@ -334,7 +341,8 @@ def train_grounding(pipe, synth_root: Path, labels_root: Path, seen_classes: Seq
         "epochs": cfg.steps / n_batches,
         "strategy": cfg.strategy,
         "lr": cfg.lr,
-        "batch_size": cfg.batch_size,
+        "batch_size": batch_size,
+        **({"batch_size_requested": cfg.batch_size} if batch_size < cfg.batch_size else {}),
         "classes": names,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(seconds, 2),  # the training loop, across resumptions
