@@ -102,7 +102,7 @@ def test_this_projects_dag_in_two_lanes() -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     planner = LanePlanner(nodes, method, lanes=2, widths=lane_widths(nodes, params))
     # rough minutes on one thread (README); a stage on the LocalCluster takes half its time
-    minutes = {"prompts": 1, "synthesize": 5, "pseudo_label": 1, "train_grounding": 6, "synth_dataset": 4,
+    minutes = {"validate": 1, "prompts": 1, "synthesize": 5, "pseudo_label": 1, "train_grounding": 6, "synth_dataset": 4,
                "eval_grounding": 3, "eval_zs3": 1, "report": 1,
                **{n: 3 for n in method if n.startswith(("train_segmenter@", "train_reference@"))}}
     spans = simulate(planner, minutes)
