@@ -333,3 +333,17 @@ def test_a_bad_training_label_is_named_before_training_under_dvc_repro(repo):
     assert "drop " + first + " from " in errors[0] and "train.txt" in errors[0], errors
     after = _hashes(repo)
     assert {k: v for k, v in after.items() if k != "dvc.lock"} == {k: v for k, v in before.items() if k != "dvc.lock"}
+
+
+# --------------------------------------------------------------------------- 7. file-system errors
+def test_an_output_path_that_cannot_be_written_is_one_line(project):
+    """`data/prompts` is a file where the stage writes a folder: one line naming it, exit 2."""
+    (project / "data").mkdir()
+    (project / "data/prompts").write_text("in the way")
+    proc = subprocess.run([sys.executable, "-m", "groundiff.stages.prompts"], cwd=project, capture_output=True,
+                          text=True, env={**os.environ, "GROUNDIFF_TRACKING": "0"})
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors[0].startswith("error: data/prompts: File exists; could not write or remove it: check that the path is a folder")
+    assert (project / "data/prompts").read_text() == "in the way"

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ParamsError, WorldError, FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+    except (ParamsError, WorldError, OSError, ValueError, KeyError) as err:  # OSError: FileNotFound/Exists too
         print(f"groundiff: error: {error_message(err)}", file=sys.stderr)
         raise SystemExit(2) from None
 

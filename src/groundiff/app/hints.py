@@ -39,8 +39,15 @@ def file_errors() -> tuple[type[Exception], ...]:
 
 
 def error_message(err: Exception) -> str:
-    """The one line a user reads for an error they can fix: a file error also names its remake."""
-    return with_remake_hint(str(err)) if isinstance(err, file_errors()) else str(err)
+    """The one line a user reads for an error they can fix: a file error also names its remake; a
+    file-system failure (a path that cannot be written or removed) says where and what to check."""
+    if isinstance(err, file_errors()):
+        return with_remake_hint(str(err))
+    if isinstance(err, OSError) and err.errno is not None:  # raised by the system, not with our own message
+        where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f) or "a file"
+        return (f"{where}: {err.strerror or err}; could not write or remove it: check that the path is a "
+                "folder (not a file) you can write to and that the disk has room")
+    return str(err)
 
 
 def with_remake_hint(message: str, dvc_yaml: Path = DVC_YAML) -> str:

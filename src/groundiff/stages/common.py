@@ -47,5 +47,6 @@ def run_stage(main_fn) -> None:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """Bad params or damaged input files: the message says what to fix, a traceback would not help."""
-    return (ParamsError, WorldError, ValueError, *file_errors())
+    """Bad params, damaged input files, or a file system that refuses a write: the message says what to
+    fix, a traceback would not help."""
+    return (ParamsError, WorldError, ValueError, OSError, *file_errors())
