@@ -16,9 +16,13 @@ Usage (from the project root):
     python -m flows.pipeline --force                 # re-run stages even if DVC says up to date
     python -m flows.pipeline --lanes 2               # independent stages side by side (2 cores)
     python -m flows.pipeline serve --cron "0 3 * * *"  # deployment "groundiff-nightly" (cron in UTC)
+    python -m flows.pipeline serve --interval 3600 --name groundiff-hourly
 
 `serve` needs a running server (`prefect server start`, then PREFECT_API_URL): a temporary one
 accepts the deployment but never schedules it. The runs start from this process, in --repo.
+One run at a time per project: a run that starts while another (or a `dvc` command running a
+stage) busies the project is skipped, in state "Skipped" with one warning naming the other
+(flows.lock: why skip and not wait). docs/scheduling.md has the tested setup.
 
 Environment:
     PREFECT_HOME     where Prefect keeps its database and settings (default ~/.prefect)

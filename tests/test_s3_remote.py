@@ -35,7 +35,7 @@ SERVER_LIFETIME_S = 600  # moto's server ends by itself after this, even if pyte
 BUCKET = "groundiff-team"
 REMOTE_URL = f"s3://{BUCKET}/groundiff"  # each test then points the clone at its own folder
 NO_AWS_FILE = Path(__file__).parent / "no-such-aws-file"  # stands for ~/.aws/{config,credentials}: absent
-SHARDS, PER_SHARD = 8, 30  # 8 shards x (30 PNGs + 3 files) + a model: 265 objects to push
+SHARDS, PER_SHARD = 8, 30  # 8 shards x (30 PNGs + 3 files), their .dir listing and a model: 266 objects
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,8 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Api]:
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     moto_server = Path(sys.executable).parent / "moto_server"
     with open(log, "w") as out:
-        proc = subprocess.Popen(["timeout", str(SERVER_LIFETIME_S), str(moto_server), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(["timeout", str(SERVER_LIFETIME_S), str(moto_server), "-H", "127.0.0.1",
+                                 "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
