@@ -76,7 +76,8 @@ def running_demo(root: Path, *args: str, timeout_s: float = 180.0, env: dict | N
             if proc.poll() is not None:
                 raise RuntimeError(f"groundiff demo exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             if time.perf_counter() - start > timeout_s:
-                raise TimeoutError(f"groundiff demo did not answer within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+                raise TimeoutError(f"groundiff demo did not answer within {timeout_s:.0f} s:\n"
+                                   f"{log.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(url + "config", timeout=2) as reply:
                     if reply.status == 200:
@@ -97,7 +98,8 @@ def running_demo(root: Path, *args: str, timeout_s: float = 180.0, env: dict | N
 def memory_mb(pid: int) -> dict[str, float]:
     """Resident memory now (VmRSS) and at its peak (VmHWM) of process `pid`, in MB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return {key: round(int(fields[name].split()[0]) / 1024, 1) for key, name in (("rss_mb", "VmRSS"), ("peak_mb", "VmHWM"))}
+    return {key: round(int(fields[name].split()[0]) / 1024, 1)
+            for key, name in (("rss_mb", "VmRSS"), ("peak_mb", "VmHWM"))}
 
 
 def rendered(png: bytes) -> dict[str, float]:
@@ -203,10 +205,11 @@ def main(argv: list[str] | None = None) -> dict:
                 "peak_rss_mb": (after_browser if args.screenshot and i == 0 else after)["peak_mb"],
             }
         print(f"{precision}: {runs[precision]}", flush=True)
-    meta = json.loads((root / "metrics/train_grounding.json").read_text()) if (root / "metrics/train_grounding.json").is_file() else {}
+    metrics = root / "metrics/train_grounding.json"  # the module's training record, when the root has one
+    meta = json.loads(metrics.read_text()) if metrics.is_file() else {}
     result = {
-        "what": f"one groundiff demo request: '{PROMPT}', classes {CLASSES}, seed 0, the app's default "
-                "steps / guidance / threshold; generation + grounding + DAAM + PNGs, timed at the client",
+        "what": f"one groundiff demo request: '{PROMPT}', classes {CLASSES}, seed 0, the page's default "
+                "guidance and threshold; generation, grounding, DAAM, the PNGs, timed at the client",
         "steps": args.steps or "synthesize.sampling.steps",
         "runs": runs,
         "omp_num_threads": threads or "torch default",
@@ -249,7 +252,7 @@ def table(result: dict, source: Path = OUT) -> str:
              "| RSS after requests (MB) | peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
     for p, r in result["runs"].items():
         lines.append(f"| {p} | {r['load_seconds']:.1f} | {r['first_request_seconds']:.2f} | "
-                     f"{r['median_request_seconds']:.2f} ({len(r['request_seconds'])} requests) | "
+                     f"{r['median_request_seconds']:.2f} (of {len(r['request_seconds'])}) | "
                      f"{r['rss_after_load_mb']:.0f} | {r['rss_after_requests_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
     trained = result["grounding_module"].get("trained") or "not recorded"
     return "\n".join(lines) + (

@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import time
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +24,8 @@ from groundiff.method.grounding import GroundingConfig, GroundingModule
 from groundiff.testing import tiny_shapes_pipeline
 from conftest import ROOT, tiny_params
 
-GOOD = ("a photograph of a star and a ring", ["star", "ring"], "", 3, 4, 5.0, 0.5)  # prompt classes typed seed steps guidance threshold
+# prompt, classes (multi-select), classes (free text), seed, DDIM steps, guidance, mask threshold
+GOOD = ("a photograph of a star and a ring", ["star", "ring"], "", 3, 4, 5.0, 0.5)
 ENV = {"OMP_NUM_THREADS": "1", "GROUNDIFF_TRACKING": "0"}
 
 
@@ -140,24 +141,28 @@ def test_an_over_long_prompt_is_generated_as_read_with_a_notice(served):
 
 @pytest.mark.slow
 def test_one_generation_at_a_time_and_a_bounded_queue(served):
-    """--queue 1: one request generates, one waits, more are turned away; all answered requests are right."""
+    """--queue 1: while one request generates, one more waits and the rest are turned away; the
+    waiting one starts only when the first is done."""
+    from gradio_client.utils import Status
 
     expected = by_name(predict(served.client, *GOOD)[4])
-    slow = (*GOOD[:4], 60, *GOOD[5:])  # long enough that the others arrive while it runs
-
-    def call(args):
+    slow = served.client.submit(*GOOD[:4], 100, *GOOD[5:], api_name="/generate")  # 100 steps: seconds
+    deadline = time.monotonic() + 120
+    while slow.status().code not in (Status.PROCESSING, Status.PROGRESS, Status.ITERATING):
+        assert not slow.done() and time.monotonic() < deadline, "the first request never started generating"
+        time.sleep(0.02)
+    burst = [served.client.submit(*GOOD, api_name="/generate") for _ in range(3)]
+    outcomes = []
+    for job in burst:
         try:
-            return predict(served.client, *args)
-        except Exception as err:  # AppError, or gradio_client's QueueError when the queue is full
-            return err
-
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(call, [slow, GOOD, GOOD, GOOD]))
-    refused = [r for r in results if isinstance(r, Exception)]
-    answered = [r for r in results[1:] if not isinstance(r, Exception)]
-    assert refused and all("queue is full" in str(r).lower() for r in refused), results
-    assert answered and all(by_name(r[4]) == expected for r in answered)
-    assert not isinstance(results[0], Exception)
+            outcomes.append(by_name(job.result()[4]))
+            assert slow.done(), "a waiting request finished while the first one still generated"
+        except Exception as err:  # gradio_client's QueueError when the queue is full
+            outcomes.append(err)
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    assert refused and all("queue is full" in str(r).lower() for r in refused), outcomes
+    assert len(refused) < len(burst) and all(o == expected for o in outcomes if not isinstance(o, Exception))
+    assert Image.open(slow.result()[0]).size == (256, 256)
     assert memory_mb(served.server.pid)["rss_mb"] < 3000
 
 
@@ -237,3 +242,22 @@ def test_generate_refuses_a_class_the_prompt_does_not_name(project, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "class 'ring' is not named in the prompt" in err and not (project / "out").exists()
+
+
+def test_the_measured_numbers_are_written_between_their_markers(tmp_path):
+    from benchmarks.demo_request import replace_block, summary, table
+
+    result = {"runs": {"fp32": {"load_seconds": 9.0, "first_request_seconds": 2.5, "request_seconds": [1.0, 1.5, 2.0],
+                                "median_request_seconds": 1.5, "rss_after_load_mb": 900.0,
+                                "rss_after_requests_mb": 950.0, "peak_rss_mb": 1000.0}},
+              "steps": "synthesize.sampling.steps", "cpu_count": 2, "torch_threads": 1, "cpu": "x",
+              "load_average_at_end": [1.0, 1.0, 1.0], "grounding_module": {"trained": "here"}, "what": "w"}
+    doc = tmp_path / "doc.md"
+    doc.write_text("before\n<!-- demo-measured -->\nstale numbers\n<!-- /demo-measured -->\nafter\n")
+    replace_block(doc, "demo-measured", summary(result))
+    text = doc.read_text()
+    assert "stale" not in text and text.startswith("before\n") and text.endswith("<!-- /demo-measured -->\nafter\n")
+    assert "fp32: 1.50 s (first 2.50 s)" in text and "950 MB resident (1000 MB at its peak)" in text
+    assert "| fp32 | 9.0 | 2.50 | 1.50 (of 3) | 900 | 950 | 1000 |" in table(result)
+    with pytest.raises(ValueError, match="no <!-- demo-measured-table -->"):
+        replace_block(doc, "demo-measured-table", "x")

@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--scale", type=int, default=8, help="upscale the saved PNGs (tiny worlds)")
     gen.add_argument("--grounding", default=str(paths.GROUNDING), help="trained grounding module folder")
     gen.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
-                     help="UNet autocast while denoising (default: synthesize's; fp32 is far faster on CPUs without bf16)")
+                     help="UNet autocast while denoising (default: synthesize's); fp32 is far faster on CPUs "
+                          "without native bf16")
     gen.set_defaults(func=_generate)
     demo = sub.add_parser("demo", help="serve the Fig. 1 experience as a web app (Gradio) on this machine")
     demo.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 exposes it to the network)")

@@ -21,6 +21,7 @@ otherwise.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
 #: Requests keep their files (served for download) until this many newer ones exist.
 KEEP_REQUESTS = 16
+#: Height in pixels of the three pictures of a request (the per-class row: two thirds of it).
+PICTURE = 320
 
 
 def _hex(rgb) -> str:
@@ -146,8 +149,8 @@ class DemoSession:
     def _folder(self) -> Path:
         """A fresh folder for this request's files; the oldest beyond KEEP_REQUESTS are removed."""
         out = self.out_root / f"request_{next(self._numbers):06d}"
-        old = sorted(self.out_root.glob("request_*"))[:-KEEP_REQUESTS + 1] if KEEP_REQUESTS > 1 else []
-        for folder in old:
+        kept = sorted(self.out_root.glob("request_*"))
+        for folder in kept[:max(0, len(kept) - KEEP_REQUESTS + 1)]:  # room for this one
             shutil.rmtree(folder, ignore_errors=True)
         return out
 
@@ -181,7 +184,7 @@ def _whole(value: Any, name: str, low: int) -> int:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a whole number, got {value!r}") from None
-    if number != int(number) or number < low:
+    if not math.isfinite(number) or number != int(number) or number < low:
         raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
     return int(number)
 
@@ -246,11 +249,13 @@ def build_app(session: DemoSession, queue_size: int = 8):
                                       elem_id="threshold")
         run = gr.Button("Generate", variant="primary", elem_id="generate")
         with gr.Row():
-            image = gr.Image(label="Generated image", format="png", interactive=False, elem_id="image")
-            ours = gr.AnnotatedImage(label="Ours: grounding module", format="png", elem_id="ours")
-            daam = gr.AnnotatedImage(label=f"DAAM (heat map > {d.daam_threshold})", format="png", elem_id="daam")
+            image = gr.Image(label="Generated image", format="png", interactive=False, height=PICTURE,
+                             elem_id="image")
+            ours = gr.AnnotatedImage(label="Ours: grounding module", format="png", height=PICTURE, elem_id="ours")
+            daam = gr.AnnotatedImage(label=f"DAAM (heat map > {d.daam_threshold})", format="png", height=PICTURE,
+                                     elem_id="daam")
         gallery = gr.Gallery(label="Per class: our mask, DAAM's heat map, DAAM's mask", format="png", columns=6,
-                             height="auto", elem_id="maps")
+                             height=PICTURE * 2 // 3, elem_id="maps")
         with gr.Row():
             files = gr.File(label="PNGs (as groundiff generate writes them, plus DAAM's)", file_count="multiple",
                             interactive=False, elem_id="files")
@@ -266,6 +271,8 @@ def serve(params: Params, world: World, host: str = "127.0.0.1", port: int = 786
           grounding: str | Path = paths.GROUNDING, precision: str | None = None, scale: int = 8,
           queue_size: int = 8) -> None:
     """Load the models, then serve the app until interrupted (Ctrl-C)."""
+    if queue_size < 1:
+        raise ValueError(f"--queue must be at least 1 (requests that may wait), got {queue_size}")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     # SIGTERM (a service manager, a test) ends like Ctrl-C: through the finally below, files removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
