@@ -1,6 +1,7 @@
 """The paper's scale, dry: Stable Diffusion v1.5's architecture (random weights) through the method's stages.
 
     OMP_NUM_THREADS=1 python -m benchmarks.paper_scale                  # CPU: 1 image, 3 DDIM steps
+    python -m benchmarks.paper_scale --tiny                               # the same flow on a tiny SD (seconds)
     python -m benchmarks.paper_scale --paper --device cuda               # a GPU: the preset's settings
     python -m benchmarks.paper_scale --docs                              # also rewrite docs/gpu.md's block
     python -m benchmarks.paper_scale --from-json --docs                  # the block again, from the saved JSON
@@ -46,7 +47,6 @@ from pathlib import Path
 import torch
 
 OUT_JSON = Path("reports/benchmarks/paper_scale.json")
-OUT_MD = Path("reports/benchmarks/paper_scale.md")
 DOCS = Path("docs/gpu.md")
 BEGIN, END = "<!-- paper_scale:begin (written by benchmarks/paper_scale.py --docs) -->", "<!-- paper_scale:end -->"
 
@@ -141,17 +141,25 @@ class PeakMemory:
                 into["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
 
 
-def run(args: argparse.Namespace) -> dict:
-    import pandas as pd
+def build_tiny(folder: Path):
+    """The same flow's smoke size: a tiny random SD-architecture pipeline (groundiff.testing)."""
+    from groundiff.diffusion.pipeline import load_pipeline
+    from groundiff.testing import tiny_sd_pipeline
 
-    from groundiff.core.schema import SamplingConfig, SynthDatasetConfig, SynthesisConfig, TrainConfig
+    return load_pipeline(tiny_sd_pipeline(folder, CLASSES))
+
+
+def run(args: argparse.Namespace) -> dict:
+    from groundiff.core.schema import (PromptConfig, SamplingConfig, SynthDatasetConfig, SynthesisConfig,
+                                       TrainConfig)
+    from groundiff.data.prompts import sample_prompts
     from groundiff.data.shards import read_shard
     from groundiff.diffusion.capture import FeatureCapture, capture_call_for
     from groundiff.diffusion.pipeline import generate, image_size
     from groundiff.diffusion.text import class_embeddings
     from groundiff.method.grounding.model import GroundingConfig, GroundingModule
     from groundiff.method.grounding.train import grounding_loss, replay_batch
-    from groundiff.method.synth_dataset import make_shard
+    from groundiff.method.synth_dataset import make_shard, synth_prompts
     from groundiff.method.synthesis import write_synthesis_shard
     from groundiff.worlds.base import make_split
     from groundiff.worlds.paper import VOC_CLASSES, VOC_SPLITS
@@ -165,20 +173,15 @@ def run(args: argparse.Namespace) -> dict:
     stages: dict[str, dict] = {}
     sampling = SamplingConfig(steps=args.steps, guidance_scale=5.0, batch_size=args.batch, precision=args.precision)
     call = capture_call_for(args.steps, 1)  # the released code's capture step (t = 1)
-    rows = pd.DataFrame({
-        "index": range(args.images),
-        "prompt": [f"a photograph of a {CLASSES[i % 2]} and a {CLASSES[2 + i % 2]}" for i in range(args.images)],
-        "classes": [f"{CLASSES[i % 2]}|{CLASSES[2 + i % 2]}" for i in range(args.images)],
-        "seed": range(args.images),
-        "kind": ["two"] * args.images,
-    })
+    # two-object prompts, made by the prompts stage's own table builder
+    rows = sample_prompts(CLASSES, PromptConfig(n=args.images, seed=0, two_object_prob=1.0))
     prompts, seeds = list(rows["prompt"]), [int(s) for s in rows["seed"]]
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # 1. build
         with memory.measure(stages.setdefault("build", {}), "build"):
-            pipe = build_sd15(work / "tokenizer").to(device)
+            pipe = (build_tiny(work / "tiny") if args.tiny else build_sd15(work / "tokenizer")).to(device)
             gcfg = GroundingConfig.from_unet_config(pipe.unet.config, pipe.text_encoder.config.hidden_size,
                                                     image_size(pipe))
             torch.manual_seed(42)
@@ -213,7 +216,7 @@ def run(args: argparse.Namespace) -> dict:
         opt = torch.optim.Adam(module.parameters(), lr=train_cfg.lr)
         module.train()
         s = samples[0]
-        names = s.prompt.removeprefix("a photograph of a ").split(" and a ")
+        names = rows["classes"].iloc[0].split("|")
         size = gcfg.image_size
         targets = torch.zeros(1, len(names), size, size, device=device)
         targets[0, 0, : size // 2] = 1  # any target: the step's cost does not depend on it
@@ -235,19 +238,21 @@ def run(args: argparse.Namespace) -> dict:
         split = make_split("voc", VOC_CLASSES, VOC_SPLITS[1])
         ds_cfg = SynthDatasetConfig(sampling=sampling, shard_size=args.images, n_one=0, n_two=args.images,
                                     n_complicated=0)
+        ds_rows = synth_prompts(CLASSES, ds_cfg)  # synth_dataset's own table: kind, prompt, classes, seed
         embeddings = dict(zip(CLASSES, class_embeddings(pipe, list(CLASSES), ds_cfg.grounding_template)))
         root = work / "segmentation"
         for sub in ("JPEGImages", "SegmentationClass", "shards"):
             (root / sub).mkdir(parents=True)
         with memory.measure(stages.setdefault("synth_dataset_labelling", {}), "synth_dataset labelling"):
-            make_shard(pipe, module, rows, split, ds_cfg, embeddings, root, 0)
+            make_shard(pipe, module, ds_rows, split, ds_cfg, embeddings, root, 0)
 
     gen = statistics.median(plain)
     train_step = stages[f"train_step_round{args.rounds - 1}"][clock]  # Adam's state already allocated
     unet_calls = args.steps * -(-args.images // args.batch)
     result = {
-        "what": "SD v1.5 architecture, random weights, 512x512, through the method's stages",
-        "settings": {"images": args.images, "ddim_steps": args.steps, "batch": args.batch, "rounds": args.rounds,
+        "what": ("a tiny random SD-architecture pipeline (smoke run)" if args.tiny else
+                 "SD v1.5's architecture with random weights"),
+        "settings": {"image_size": gcfg.image_size, "images": args.images, "ddim_steps": args.steps, "batch": args.batch, "rounds": args.rounds,
                      "precision": args.precision, "guidance_scale": 5.0, "capture_t": 1,
                      "train_batch": 1},
         "machine": {"device": device, "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
@@ -268,7 +273,7 @@ def run(args: argparse.Namespace) -> dict:
             "plain_seconds_per_unet_step": round(gen / unet_calls, 3),  # VAE and text encoder included
             "train_step_seconds": train_step,
             "feature_bytes_per_image": feature_bytes,
-            "latent_bytes_per_image": 4 * 64 * 64 * 4,
+            "latent_bytes_per_image": s.latent.numel() * 4,  # float32, as synthesize stores it
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         },
     }
@@ -281,8 +286,8 @@ def markdown(result: dict) -> str:
     where = m["gpu"] or f"CPU ({m['cpu_capability']}, {m['threads']} thread(s))"
     gpu = any("peak_gpu_gb" in v for v in result["stages"].values())
     lines = [
-        f"Measured by `benchmarks/paper_scale.py` on {where}, torch {m['torch']}: SD v1.5's architecture with "
-        f"random weights at 512x512, {s['images']} image(s), {s['ddim_steps']} DDIM steps, sampling batch "
+        f"Measured by `benchmarks/paper_scale.py` on {where}, torch {m['torch']}: {result['what']}, "
+        f"{s['image_size']}x{s['image_size']}, {s['images']} image(s), {s['ddim_steps']} DDIM steps, sampling batch "
         f"{s['batch']}, {s['precision']}, grounding-module training batch {s['train_batch']}.",
         "",
         "| step | wall seconds | CPU seconds | peak resident memory (GB) |" + (" peak GPU memory (GB) |" if gpu else ""),
@@ -293,9 +298,14 @@ def markdown(result: dict) -> str:
                      + (f" {v.get('peak_gpu_gb', float('nan')):.2f} |" if gpu else ""))
     r, d = result["ratios"], result["derived"]
     clock = "CPU time" if r["clock"] == "cpu_seconds" else "wall time"
+    # steps that make the same UNet calls: their spread is the measurement's noise
+    same = [v[r["clock"]] for k, v in result["stages"].items()
+            if k.startswith(("plain_", "captured_")) or k in ("synthesize", "synth_dataset_labelling")]
     lines += [
         "",
-        f"Ratios and times below are of {clock}.",
+        f"Ratios and times below are of {clock}. The steps that make the same UNet calls (plain, captured, "
+        f"synthesize, labelling) spread by {100 * (max(same) / min(same) - 1):.0f}% here: ratios within that "
+        "are equal within the noise.",
         "",
         f"- feature-capture overhead (captured / plain generation, medians of {s['rounds']} alternating rounds): "
         f"**{r['capture_overhead']:.3f}x**",
@@ -335,21 +345,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--docs", action="store_true", help="rewrite docs/gpu.md's measured block from the result")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random SD-architecture pipeline: the flow, in seconds")
+    parser.add_argument("--out", default=str(OUT_JSON), help="the JSON to write (the .md goes beside it)")
     parser.add_argument("--from-json", action="store_true",
                         help="run nothing: rewrite the .md (and with --docs the docs block) from the saved JSON")
     args = parser.parse_args(argv)
+    out_json = Path(args.out)
+    out_md = out_json.with_suffix(".md")
     if args.from_json:
-        result = json.loads(OUT_JSON.read_text())
-        OUT_MD.write_text("# Paper-scale dry run\n\n" + markdown(result))
+        result = json.loads(out_json.read_text())
+        out_md.write_text("# Paper-scale dry run\n\n" + markdown(result))
         if args.docs:
             update_docs(result)
         return result
     if args.paper:
         args.images, args.steps, args.batch = 8, 50, 8
     result = run(args)
-    OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
-    OUT_JSON.write_text(json.dumps(result, indent=2) + "\n")
-    OUT_MD.write_text("# Paper-scale dry run\n\n" + markdown(result))
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=2) + "\n")
+    out_md.write_text("# Paper-scale dry run\n\n" + markdown(result))
     if args.docs:
         update_docs(result)
     print(markdown(result))

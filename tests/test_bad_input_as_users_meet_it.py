@@ -46,13 +46,17 @@ def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git + DVC project: the real dvc.yaml, src/ and shapes world, tiny params, no dvc.lock."""
     repo = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "dvc.yaml", "src", "worlds/shapes", ".dvcignore"],
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "dvc.yaml", "src", "worlds/shapes", ".dvcignore",
+                            "metrics/world_diffusion*", "metrics/world_detector*"],
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, files):
         if (ROOT / rel).is_file():
             (repo / rel).parent.mkdir(parents=True, exist_ok=True)
             (repo / rel).write_bytes((ROOT / rel).read_bytes())
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    params = tiny_params()
+    params["synthesize"].update(shard_size=20, sampling={**params["synthesize"]["sampling"], "steps": 3,
+                                                         "batch_size": 20, "precision": "fp32"})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     assert _dvc(repo, "init", "-q").returncode == 0
     done = _dvc(repo, "repro", "prompts", "world_setup")
@@ -114,6 +118,32 @@ def test_a_failing_preflight_keeps_the_last_good_world_setup(repo):
 
 
 # --------------------------------------------------------------------------- 2. nothing corrupt resumed or recorded
+@pytest.mark.slow
+def test_a_damaged_image_is_redone_not_recorded_under_dvc_repro(repo):
+    """A synthesized PNG truncated after the run: `dvc repro pseudo_label` redoes its shard (warning
+    naming it), and dvc.lock records the same data hash as before the damage, never the damaged one."""
+    assert _dvc(repo, "repro", "world_data").returncode == 0
+    # the shipped world models stand as world_diffusion's and world_detector's outputs (no retraining)
+    committed = _dvc(repo, "commit", "-f", "world_diffusion", "world_detector")
+    assert committed.returncode == 0, committed.stderr
+    first = _dvc(repo, "repro", "pseudo_label")
+    assert first.returncode == 0, first.stderr
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    recorded = {o["path"]: o["md5"] for stage in ("synthesize", "pseudo_label") for o in lock[stage]["outs"]
+                if o["path"].startswith("data/")}
+    png = repo / "data/synth/train/shard_00001/images/000021.png"
+    good = png.read_bytes()
+    png.write_bytes(good[: len(good) // 2])
+    again = _dvc(repo, "repro", "pseudo_label")
+    assert again.returncode == 0, again.stderr
+    assert "shard_00001: damaged synthesis shard (images/000021.png" in again.stderr, again.stderr
+    assert png.read_bytes() == good
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert {o["path"]: o["md5"] for stage in ("synthesize", "pseudo_label") for o in lock[stage]["outs"]
+            if o["path"].startswith("data/")} == recorded  # the data as before the damage
+    assert json.loads((repo / "metrics/synthesize.json").read_text())["resumed_shards"] == 1  # one shard redone
+
+
 def _synthesize(root: Path):
     from groundiff.core.schema import SamplingConfig, SynthesisConfig
     from groundiff.data.prompts import PromptConfig, sample_prompts
@@ -316,6 +346,7 @@ def test_a_bad_training_label_is_named_before_training_under_dvc_repro(repo):
 
     real = repo / "data/shapes/real"
     first = (real / "ImageSets/Segmentation/train.txt").read_text().split()[3]
+    saved = {f: (real / f / f"{first}.png").read_bytes() for f in ("SegmentationClass", "SegmentationClassFull")}
     for folder in ("SegmentationClass", "SegmentationClassFull"):  # seen-only and every-class labels
         label_path = real / folder / f"{first}.png"
         with Image.open(label_path) as img:
@@ -325,14 +356,18 @@ def test_a_bad_training_label_is_named_before_training_under_dvc_repro(repo):
         bad.putpalette(palette)
         bad.save(label_path)
     before = _hashes(repo)
-    proc = _dvc(repo, "repro", "--single-item", "train_reference@real_all")
+    try:
+        proc = _dvc(repo, "repro", "--single-item", "train_reference@real_all")
+        after = _hashes(repo)
+    finally:
+        for folder, data in saved.items():
+            (real / folder / f"{first}.png").write_bytes(data)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"/{first}.png holds label value(s) [77]" in errors[0], errors
     assert "drop " + first + " from " in errors[0] and "train.txt" in errors[0], errors
-    after = _hashes(repo)
-    assert {k: v for k, v in after.items() if k != "dvc.lock"} == {k: v for k, v in before.items() if k != "dvc.lock"}
+    assert after == before
 
 
 # --------------------------------------------------------------------------- 7. file-system errors

@@ -276,7 +276,8 @@ def test_a_model_retrained_in_place_does_not_resume_its_predecessors_shards(tmp_
 
 
 def tried_through(named: list[list[str]]) -> str:
-    """How the named tests meet the bad input, read from their source: `dvc repro`, CLI, stage, library."""
+    """How the named tests meet the bad input, read from their source: `dvc repro`, CLI, the demo
+    server, a stage, or the library."""
     import ast
 
     found = set()
@@ -292,8 +293,10 @@ def tried_through(named: list[list[str]]) -> str:
                 found.add("CLI")
             if "run_stage" in body or "stage.main" in body or "stages." in body:
                 found.add("stage")
+            if "(served" in body:  # the `groundiff demo` server, through gradio_client or a browser
+                found.add("demo")
     found = found or {"library"}
-    return ", ".join(w for w in ("`dvc repro`", "CLI", "stage", "library") if w in found)
+    return ", ".join(w for w in ("`dvc repro`", "CLI", "demo", "stage", "library") if w in found)
 
 
 def readme_rows() -> list[list[str]]:

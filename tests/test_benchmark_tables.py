@@ -146,7 +146,8 @@ def test_cpu_precision_records_the_capability_and_the_ratio(tmp_path, monkeypatc
 def _paper_scale_result() -> dict:
     stage = {"seconds": 10.0, "cpu_seconds": 8.0, "peak_rss_gb": 5.5}
     return {
-        "settings": {"images": 1, "ddim_steps": 3, "batch": 1, "rounds": 2, "precision": "fp32", "train_batch": 1},
+        "what": "SD v1.5's architecture with random weights",
+        "settings": {"image_size": 512, "images": 1, "ddim_steps": 3, "batch": 1, "rounds": 2, "precision": "fp32", "train_batch": 1},
         "machine": {"gpu": None, "cpu_capability": "AVX2", "threads": 1, "torch": "2.x"},
         "parameters": {"unet": 859_520_964, "grounding_module": 18_796_560},
         "stages": {"plain_round0": stage, "captured_round0": {**stage, "cpu_seconds": 8.4}},
@@ -186,3 +187,19 @@ def test_paper_scale_builds_the_unet_the_released_module_reads():
     names = ("low", "mid", "high", "highest")
     assert widths == [shapes[f"{n}_feature_conv.0.weight"][1] for n in names]
     assert shapes["to_q.weight"][1] == scale.SD15_TEXT["hidden_size"]
+
+
+def test_paper_scale_runs_its_whole_flow_on_a_tiny_sd(tmp_path):
+    """The dry run's every step (build, plain / captured generation, synthesize, a training step with
+    replay, synth_dataset's labelling) on a tiny SD-architecture pipeline, and the files it writes."""
+    import json
+
+    scale = _load("paper_scale")
+    out = tmp_path / "paper_scale.json"
+    result = scale.main(["--tiny", "--images", "2", "--steps", "2", "--batch", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == result and out.with_suffix(".md").is_file()
+    assert set(result["stages"]) == {"build", "plain_round0", "captured_round0", "plain_round1", "captured_round1",
+                                     "synthesize", "train_step_round0", "train_step_round1", "synth_dataset_labelling"}
+    assert all(v["cpu_seconds"] >= 0 and v["peak_rss_gb"] > 0 for v in result["stages"].values())
+    assert result["ratios"]["clock"] == "cpu_seconds" and result["ratios"]["capture_overhead"] > 0
+    assert result["derived"]["feature_bytes_per_image"] > result["derived"]["latent_bytes_per_image"]

@@ -230,13 +230,10 @@ def test_a_paper_world_takes_free_text_classes_and_marks_the_split(project):
                                                             "daam_mask_dog.png", "daam_mask_zebra.png"]
 
 
-def test_generate_refuses_a_class_the_prompt_does_not_name(project, capsys):
+def test_generate_refuses_a_class_the_prompt_does_not_name(grounded_world, capsys):
     from groundiff.cli import main
 
-    pipe = tiny_shapes_pipeline(project / "worlds/shapes/diffusion")
-    cfg = GroundingConfig.from_unet_config(pipe.unet.config, text_dim=16, image_size=32,
-                                           d_model=32, n_heads=2, ffn_dim=64, n_layers=1)
-    GroundingModule(cfg).save_pretrained(project / "models/grounding")
+    project = grounded_world
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "a photograph of a star", "--classes", "star", "ring", "--steps", "2"])
     assert exit_info.value.code == 2

@@ -315,7 +315,7 @@ def evaluate(pipe, oracle, model, table: pd.DataFrame, split: ClassSplit, cfg: E
         probs, probs_other = by_mode[cfg.norm_at_test], by_mode[other]
         ours = [p > cfg.mask_threshold for p in probs]
         daam = [m.cpu().numpy() > cfg.daam_threshold for m in trace.heat_maps(prompts, names, size)]
-        del cap, trace, features, by_mode  # the captured features are large (SD v1: ~60 MB per image)
+        del cap, trace, features, by_mode  # the captured features are large (SD v1: 130 MiB per image)
         # 3. the oracle's top-scoring instance per prompted class is the ground truth
         detections = oracle.detect(list(images))
         pairs_here = []  # (i, k, class, score, oracle mask or None when missed)

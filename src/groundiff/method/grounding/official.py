@@ -259,6 +259,8 @@ def import_official(path: str | Path, out: str | Path, spectral_norm: str = "big
     what `out/official_source.json` records (the file's sha256, the spectral-norm choice).
     """
     path, out = Path(path), Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: is a file; --out names the module folder to write")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty; choose another --out (or pass --force to replace it)")
     state = load_official(path)
