@@ -203,6 +203,13 @@ def test_save_load_round_trip(voc, tmp_path):
     assert all((p == q).all() for p, q in zip(seg.predict(images), loaded.predict(images)))
     weights = load_file(str(tmp_path / "model/model.safetensors"))
     assert torch.equal(weights["class_predictor.weight"], seg.model.class_predictor.weight.detach())
+    # issue 27: a damaged weights file is one ModelFileError naming the folder and the cause
+    from groundiff.core.checkpoint import ModelFileError
+
+    weights_file = tmp_path / "model/model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:1000])
+    with pytest.raises(ModelFileError, match=r"model: the segmenter saved there cannot be loaded \("):
+        Segmenter.from_pretrained(tmp_path / "model")
     with pytest.raises(FileNotFoundError, match="segmenter.json"):
         Segmenter.from_pretrained(tmp_path / "w")
 

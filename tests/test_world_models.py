@@ -172,6 +172,28 @@ def test_missing_detector_is_a_clear_error(tmp_path):
         TorchvisionOracle.from_pretrained(tmp_path)
 
 
+def test_damaged_or_mismatched_detector_is_one_error_naming_the_folder(tmp_path):
+    """Issue 27: the shipped detector's files, truncated or with a config that disagrees with them."""
+    import json
+    import shutil
+
+    from groundiff.core.checkpoint import ModelFileError
+
+    shipped = Path(__file__).resolve().parents[1] / "worlds/shapes/detector"
+    for damage in ("truncated", "widened"):
+        folder = tmp_path / damage
+        shutil.copytree(shipped, folder)
+        if damage == "truncated":
+            weights = folder / "model.safetensors"
+            weights.write_bytes(weights.read_bytes()[:1000])
+        else:
+            config = json.loads((folder / "config.json").read_text())
+            config["fpn_channels"] *= 2
+            (folder / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ModelFileError, match=rf"{damage}: the detector saved there cannot be loaded"):
+            TorchvisionOracle.from_pretrained(folder)
+
+
 def test_fidelity_counts_instances_with_multiplicity():
     det = Detections(classes=["star", "ring", "star"], scores=np.array([0.9, 0.8, 0.3], np.float32),
                      masks=np.zeros((3, 4, 4), bool))
