@@ -337,7 +337,9 @@ def test_a_scheduled_run_that_fires_while_another_runs_is_skipped_with_one_clear
         assert message.startswith(f"skipped: another pipeline run holds {repo / LOCK_FILE} ({holder}, pid ")
         assert message.endswith("; the next run does whatever is still out of date")
         assert first["auto_scheduled"]
-        assert "skipped: another pipeline run holds" in prefect.logs(first["id"])  # the one warning line
+        # the one warning line (Prefect ships run logs to the server in batches: wait for it)
+        wait_for("the skip warning in the run's logs",
+                 lambda: "skipped: another pipeline run holds" in prefect.logs(first["id"]), 60, log.read_text)
         assert (repo / "ran.log").read_text() == "hold\n"  # the stage did not start twice
         assert not (repo / "hold.txt").exists()
 
@@ -403,7 +405,9 @@ def test_the_schedule_fires_runs_the_stages_and_the_next_run_finds_them_up_to_da
     assert stages[-1] == "prompts"
 
     # The first run ran every stage and DVC recorded them.
-    first_log = prefect.logs(first["id"])
+    # Prefect ships run logs to the server in batches: wait for the last stage's line
+    first_log = wait_for("the first run's logs", lambda: (text := prefect.logs(first["id"]))
+                         and f"Running stage '{stages[-1]}'" in text and text, 60, lambda: "")
     for stage in stages:
         assert f"Running stage '{stage}'" in first_log, first_log
     lock = (repo / "dvc.lock").read_text()
@@ -414,7 +418,8 @@ def test_the_schedule_fires_runs_the_stages_and_the_next_run_finds_them_up_to_da
     assert len((repo / "data/prompts/train.csv").read_text().splitlines()) == tiny_params()["prompts"]["n"] + 1
 
     # ... under one MLflow parent run per flow run; the second run's stages were up to date.
-    second_log = prefect.logs(second["id"])
+    second_log = wait_for("the second run's logs", lambda: (text := prefect.logs(second["id"]))
+                          and f"Stage '{stages[-1]}' didn't change, skipping" in text and text, 60, lambda: "")
     for stage in stages:
         assert f"Stage '{stage}' didn't change, skipping" in second_log, second_log
         assert f"Running stage '{stage}'" not in second_log
