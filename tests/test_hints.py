@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from groundiff.app.hints import producing_stage, with_remake_hint
@@ -42,3 +44,14 @@ def test_run_stage_adds_the_hint_to_file_errors_only(project, capsys):
     with pytest.raises(SystemExit):
         run_stage(bad_value)
     assert "dvc repro" not in capsys.readouterr().err
+
+
+def test_an_output_is_matched_as_a_whole_path():
+    """A module imported to models/grounding-official is not train_grounding's output."""
+    from groundiff.app.hints import producing_stage
+
+    root = Path(__file__).resolve().parents[1]
+    assert producing_stage("no trained grounding module in models/grounding (missing config.json)",
+                           root / "dvc.yaml") == "train_grounding"
+    assert producing_stage("no trained grounding module in models/grounding-official (missing config.json)",
+                           root / "dvc.yaml") is None

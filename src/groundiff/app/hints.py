@@ -6,6 +6,7 @@ The library's errors name the file that is missing or damaged; the application e
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from groundiff.core.paths import DVC_YAML, PARAMS
@@ -24,8 +25,8 @@ def producing_stage(message: str, dvc_yaml: Path = DVC_YAML) -> str | None:
         return None
     outs = sorted(((out.rstrip("/"), name) for name, stage in stages.items() for out in stage.outs),
                   key=lambda pair: -len(pair[0]))
-    for out, name in outs:
-        if out in message:
+    for out, name in outs:  # the output as a whole path: models/grounding is not in models/grounding-official
+        if re.search(rf"(?<![\w.-]){re.escape(out)}(?![\w.-])", message):
             return name
     return None
 
