@@ -78,15 +78,23 @@ def test_lock_pins_every_project_requirement_exactly():
         assert tool in pins, f"{tool} is part of the environment and must be pinned; {REFRESH}"
 
 
+def _unlocked(req: Requirement, pins: dict) -> str | None:
+    """What is wrong with `req` against the lock: not locked, or the locked version not admitted."""
+    key = canonicalize_name(req.name)
+    if key not in pins:
+        return f"is not in {LOCK.name}"
+    if not req.specifier.contains(pins[key][1], prereleases=True):
+        return f"does not admit the locked {pins[key][0]}=={pins[key][1]}"
+    return None
+
+
 def test_pyproject_ranges_admit_the_locked_versions():
     pins = _pins()
     problems = []
     for req in _project_requirements():
-        key = canonicalize_name(req.name)
-        if key not in pins:
-            problems.append(f"{req} (pyproject.toml) is not in {LOCK.name}")
-        elif not req.specifier.contains(pins[key][1], prereleases=True):
-            problems.append(f"{req} (pyproject.toml) does not admit the locked {pins[key][0]}=={pins[key][1]}")
+        problem = _unlocked(req, pins)
+        if problem:
+            problems.append(f"{req} (pyproject.toml) {problem}")
     assert not problems, "\n".join(problems) + f"\n{REFRESH}"
 
 
@@ -114,11 +122,9 @@ def test_lock_is_complete():
             req = Requirement(text)
             if req.marker is not None and not req.marker.evaluate({"extra": ""}):
                 continue
-            dep = canonicalize_name(req.name)
-            if dep not in pins:
-                problems.append(f"{name} requires {req}, which is not locked")
-            elif not req.specifier.contains(pins[dep][1], prereleases=True):
-                problems.append(f"{name} requires {req}, but {pins[dep][0]}=={pins[dep][1]} is locked")
+            problem = _unlocked(req, pins)
+            if problem:
+                problems.append(f"{name} requires {req}, which {problem}")
     assert not problems, "\n".join(problems) + f"\n{REFRESH}"
 
 

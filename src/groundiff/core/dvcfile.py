@@ -30,6 +30,8 @@ class DvcStage:
 def _lookup(key: str, context: dict[str, Any]) -> Any:
     value: Any = context
     for part in key.split("."):
+        if isinstance(value, dict) and part not in value and part.lstrip("-").isdigit() and int(part) in value:
+            part = int(part)  # split numbers are int keys in params.yaml
         if not isinstance(value, dict) or part not in value:
             raise ParamsError(f"dvc.yaml uses ${{{key}}}, but params.yaml has no {key}")
         value = value[part]
@@ -90,3 +92,18 @@ def declared_params(stage: str, dvc_yaml: str | Path = "dvc.yaml", params: dict[
     if stage not in stages:
         raise ParamsError(f"dvc.yaml has no stage {stage!r}; it has: {', '.join(stages)}")
     return stages[stage].params
+
+
+def require_declared_params(stages: dict[str, DvcStage], params: dict[str, Any], where: str | Path) -> None:
+    """Every params key a stage declares is written in `params` (params.yaml's mapping): DVC refuses a stage
+    whose declared key is missing, after deleting its outputs."""
+    missing = []
+    for name, stage in stages.items():
+        for key in stage.params:
+            try:
+                _lookup(key, params)
+            except ParamsError:
+                missing.append(f"{name}: {key}")
+    if missing:
+        raise ParamsError(f"{where}: dvc.yaml's stages declare params that it does not write "
+                          f"({'; '.join(missing)}); add them to params.yaml (DVC refuses a stage without them)")

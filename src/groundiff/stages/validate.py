@@ -16,32 +16,13 @@ refuses a stage whose declared key is missing, after deleting its outputs).
 from __future__ import annotations
 
 from groundiff.core import paths
-from groundiff.core.dvcfile import read_stages
-from groundiff.core.errors import ParamsError
+from groundiff.core.dvcfile import read_stages, require_declared_params
 from groundiff.core.io import write_json
 from groundiff.core.params import Params, load_params
 from groundiff.stages.common import run_stage
 from groundiff.worlds.active import check
 
 OUT = paths.VALIDATED
-
-
-def declared_keys_missing(raw: dict, stages: dict) -> list[str]:
-    """`stage: key` for every params key a stage declares that params.yaml does not write."""
-    missing = []
-    for name, stage in stages.items():
-        for key in stage.params:
-            node = raw
-            for part in key.split("."):
-                if not isinstance(node, dict) or not ({part, _int(part)} & set(node)):
-                    missing.append(f"{name}: {key}")
-                    break
-                node = node[part] if part in node else node[_int(part)]
-    return missing
-
-
-def _int(part: str) -> int | str:
-    return int(part) if part.lstrip("-").isdigit() else part
 
 
 def main() -> None:
@@ -51,10 +32,7 @@ def main() -> None:
     check(params)
     raw = load_params(paths.PARAMS)
     stages = read_stages(paths.DVC_YAML, raw)  # every ${...} template fills
-    missing = declared_keys_missing(raw, stages)
-    if missing:
-        raise ParamsError(f"{paths.PARAMS}: dvc.yaml's stages declare params that it does not write "
-                          f"({'; '.join(missing)}); add them to params.yaml (DVC refuses a stage without them)")
+    require_declared_params(stages, raw, paths.PARAMS)
     world = params.peek("world")
     write_json(OUT, {"world": world.name, "split": world.split})
     print(f"validate: params.yaml and the {world.name} world (split {world.split}) are valid for "
