@@ -93,3 +93,16 @@ def test_stage_cli_prints_one_line_and_exits_2(project):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: params.yaml: world: unknown world 'mars'; choose one of shapes")
     assert "Traceback" not in proc.stderr
+
+
+def test_a_declared_key_params_yaml_does_not_write_is_named():
+    """validate's check: DVC refuses (after deleting outputs) a stage whose declared key is missing."""
+    from groundiff.core.dvcfile import DvcStage, require_declared_params
+
+    stages = {"a": DvcStage("a", "", params=("world.name", "shapes.splits.1")),
+              "b": DvcStage("b", "", params=("prompts.nn",))}
+    params = {"world": {"name": "shapes"}, "shapes": {"splits": {1: ["ring"]}}, "prompts": {"n": 3}}
+    with pytest.raises(ParamsError, match=r"params.yaml: dvc.yaml's stages declare params that it does not "
+                                          r"write \(b: prompts.nn\); add them to params.yaml"):
+        require_declared_params(stages, params, "params.yaml")
+    require_declared_params({"a": stages["a"]}, params, "params.yaml")  # int split keys are found
