@@ -1,6 +1,6 @@
 """Does this CPU run the pipeline's bf16 sampling fast, and which kernels does it use? (one run, ratios)
 
-    python -m benchmarks.cpu_precision            # writes reports/benchmarks/cpu_precision.json
+    python -m benchmarks.cpu_precision            # writes reports/benchmarks/cpu_precision.json and .md
 
 The generating stages sample under bf16 autocast (`*.sampling.precision: bf16`), chosen on a CPU
 with AVX512-BF16, where it was 1.71x faster than fp32. Without native bf16 the same call is
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-OUT = Path("reports/benchmarks/cpu_precision.json")
+from benchmarks._results import OUT_DIR, write_results
 
 
 def time_matmul(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype | None) -> float:
@@ -56,9 +56,14 @@ def main(argv: list[str] | None = None) -> dict:
         "bf16_over_fp32_time": round(statistics.median(bf16) / statistics.median(fp32), 2),
         "size": args.size, "rounds": args.rounds, "threads": 1,
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    fast = "runs bf16 natively" if result["bf16_over_fp32_time"] < 1 else "emulates bf16: keep `precision: fp32` here"
+    text = "\n".join([
+        f"CPU capability `{result['cpu_capability']}` ({result['machine']}), AVX512-BF16: {result['avx512_bf16']}; "
+        f"a ({args.size} x {args.size}) batch-16 matmul on one thread, median of {args.rounds} rounds: this CPU {fast}.", "",
+        "| fp32 (s) | bf16 autocast (s) | bf16 / fp32 time |", "|---|---|---|",
+        f"| {result['fp32_seconds']:.4f} | {result['bf16_autocast_seconds']:.4f} | {result['bf16_over_fp32_time']:.2f} |"])
+    write_results("cpu_precision", "bf16 sampling on this CPU", result, text, OUT_DIR)
     return result
 
 

@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    out.with_suffix(".md").write_text("# One demo request\n\n" + table(result, out, link=out.name) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
     if not args.no_docs:
         for path, mark in SHOWN.items():
             text = summary(result, out) if mark == "demo-measured" else table(result, out)
@@ -246,8 +247,9 @@ def summary(result: dict, source: Path = OUT) -> str:
             f"([{source.name}]({source}), [docs/demo.md](docs/demo.md)).")
 
 
-def table(result: dict, source: Path = OUT) -> str:
-    """docs/demo.md's table of every run, and what was measured where."""
+def table(result: dict, source: Path = OUT, link: str | None = None) -> str:
+    """docs/demo.md's table of every run, and what was measured where (`link`: to the JSON, from the page
+    the table goes on; default from docs/)."""
     lines = ["| precision | model load (s) | first request (s) | later requests, median (s) | RSS after load (MB) "
              "| RSS after requests (MB) | peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
     for p, r in result["runs"].items():
@@ -256,7 +258,7 @@ def table(result: dict, source: Path = OUT) -> str:
                      f"{r['rss_after_load_mb']:.0f} | {r['rss_after_requests_mb']:.0f} | {r['peak_rss_mb']:.0f} |")
     trained = result["grounding_module"].get("trained") or "not recorded"
     return "\n".join(lines) + (
-        f"\n\nWritten by `python -m benchmarks.demo_request` ([{source.name}](../{source})): {result['what']}; "
+        f"\n\nWritten by `python -m benchmarks.demo_request` ([{source.name}]({link or f'../{source}'})): {result['what']}; "
         f"{_steps(result)} DDIM steps. CPU: {result['cpu']} ({result['cpu_count']} cores), "
         f"{result['torch_threads']} torch thread(s), load average {result['load_average_at_end'][0]} at the end "
         f"(the machine was shared). The grounding module: {trained}.")

@@ -11,6 +11,7 @@ folder. It prints images/s per worker count and each count's speed-up over the f
 checks that every run wrote the same bytes. Run it on an otherwise idle machine: with other
 work on the cores, the ratio measures the contention, not the scaling. Without the shapes
 world's model (`dvc repro world_diffusion`) it uses a tiny random pipeline of the same shape.
+Writes reports/benchmarks/distributed_synthesis.json and .md.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks._results import write_results
 
 SHAPES_PIPELINE = Path("worlds/shapes/diffusion")
 
@@ -44,7 +47,7 @@ def _tiny_pipeline(folder: Path) -> Path:
     return folder
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline", default=None, help="diffusers pipeline folder (default: the shapes "
                         "world's, else a tiny random one)")
@@ -55,7 +58,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to compare")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="bf16", help="the UNet's sampling precision (the pipeline's: bf16)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     from groundiff.data.prompts import PromptConfig, sample_prompts
@@ -92,14 +95,24 @@ def main() -> None:
             print(f"  {n} worker(s): cluster + model load {ready - start:.1f} s, synthesis {seconds:.1f} s, "
                   f"{args.images / seconds:.2f} img/s", flush=True)
         base = rows[0][3]
-        print("\n| workers | img/s | speed-up |\n|---|---|---|")
-        for n, _, _, rate in rows:
-            print(f"| {n} | {rate:.2f} | {rate / base:.2f}x |")
-        if len(rows) > 1:
-            print(f"\nratio {rows[-1][0]} vs {rows[0][0]} workers: {rows[-1][3] / base:.2f}x")
-        print(f"same bytes in every run: {len(digests) == 1}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "pipeline": which, "images": args.images, "ddim_steps": args.steps, "shard_size": args.shard_size,
+        "batch_size": args.batch_size, "precision": args.precision, "device": args.device, "cpus": os.cpu_count(),
+        "runs": [{"workers": n, "startup_seconds": round(load, 2), "synthesis_seconds": round(seconds, 2),
+                  "images_per_second": round(rate, 3), "speedup": round(rate / base, 3)}
+                 for n, load, seconds, rate in rows],
+        "same_bytes": len(digests) == 1,
+    }
+    text = "\n".join([f"Pipeline: {which}; {args.images} images, {args.steps} DDIM steps, shards of {args.shard_size}, "
+                      f"batch {args.batch_size}, {args.precision}, {os.cpu_count()} CPUs, device {args.device}.", "",
+                      "| workers | img/s | speed-up |", "|---|---|---|"]
+                     + [f"| {r['workers']} | {r['images_per_second']:.2f} | {r['speedup']:.2f}x |" for r in result["runs"]]
+                     + ["", f"Every run wrote the same bytes: {result['same_bytes']}."])
+    print(text)
+    write_results("distributed_synthesis", "Synthesis throughput on a Dask LocalCluster", result, text)
+    return result
 
 
 if __name__ == "__main__":  # LocalCluster starts worker processes with `spawn`: guard the entry point

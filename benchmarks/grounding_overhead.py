@@ -15,6 +15,7 @@ Three numbers, each with its goal:
 
 Uses `worlds/shapes/diffusion` and `models/grounding` when they exist, else tiny random models of
 the same architecture (the ratios then describe those). Run on an otherwise idle machine.
+Writes reports/benchmarks/grounding_overhead.json and .md.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from groundiff.diffusion.capture import FeatureCapture, capture_call_for
 from groundiff.diffusion.pipeline import SamplingConfig, generate, load_pipeline
 from groundiff.diffusion.text import class_embeddings
 from groundiff.method.grounding.model import GroundingConfig, GroundingModule
+
+from benchmarks._results import write_results
 
 PIPELINE = Path("worlds/shapes/diffusion")
 GROUNDING = Path("models/grounding")
@@ -51,14 +54,14 @@ def _models():
     return pipe, module.eval(), source
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=50, help="images per generation call")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--capture-t", type=int, default=1, help="capture step, counted from the end")
     parser.add_argument("--rounds", type=int, default=5, help="alternating plain / captured rounds")
     parser.add_argument("--precision", default="fp32", help="the UNet's sampling precision: fp32 | bf16 | fp16")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.manual_seed(0)
     pipe, module, source = _models()
@@ -88,13 +91,27 @@ def main() -> None:
     gen = statistics.median(plain)
     latent_bytes = cap.latents[0].numel() * 4  # float32, as synthesize stores it
     feature_bytes = sum(f[0].numel() for f in features) * 4
-    print(f"models: {source}; batch {args.batch}, {args.steps} DDIM steps, {args.precision} UNet, capture t={args.capture_t}, "
-          f"{args.rounds} rounds, {torch.get_num_threads()} thread(s)")
-    print(f"generation:            {gen:.2f} s per batch ({args.batch / gen:.2f} images/s)")
-    print(f"capture overhead:      {statistics.median(captured) / gen:.3f}x (goal <= 1.05x)")
-    print(f"grounding / generation: {100 * statistics.median(grounding) / gen:.2f}% (goal <= 5%)")
-    print(f"bytes per sample:      latent {latent_bytes:,} vs features {feature_bytes:,} "
-          f"({feature_bytes / latent_bytes:.0f}x smaller stored)")
+    result = {
+        "models": source, "batch": args.batch, "ddim_steps": args.steps, "precision": args.precision,
+        "capture_t": args.capture_t, "rounds": args.rounds, "torch_threads": torch.get_num_threads(),
+        "generation_seconds_per_batch": round(gen, 4),
+        "capture_overhead": round(statistics.median(captured) / gen, 4),  # goal <= 1.05
+        "grounding_share_of_generation": round(statistics.median(grounding) / gen, 5),  # goal <= 0.05
+        "latent_bytes_per_sample": latent_bytes, "feature_bytes_per_sample": feature_bytes,
+    }
+    text = "\n".join([
+        f"Models: {source}; batch {args.batch}, {args.steps} DDIM steps, {args.precision} UNet, capture "
+        f"t={args.capture_t}, {args.rounds} rounds, {result['torch_threads']} thread(s).", "",
+        "| measure | value | goal |", "|---|---|---|",
+        f"| generation | {gen:.2f} s per batch ({args.batch / gen:.2f} images/s) | |",
+        f"| feature-capture overhead | {result['capture_overhead']:.3f}x | <= 1.05x |",
+        f"| grounding / generation | {100 * result['grounding_share_of_generation']:.2f}% | <= 5% |",
+        f"| bytes per sample | latent {latent_bytes:,} vs features {feature_bytes:,} "
+        f"({feature_bytes / latent_bytes:.0f}x smaller stored) | |",
+    ])
+    print(text)
+    write_results("grounding_overhead", "What grounding costs on top of generation", result, text)
+    return result
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ eval_grounding, synth_dataset) proportionally faster; this is how to see what it
 
 To *choose* a setting, draw other prompts than the ones world_fidelity reports on
 (`--prompt-seed`, any seed but world_fidelity.prompts.seed): picking on the reported prompts would
-tune on the test. Run it on an otherwise idle machine.
+tune on the test. Run it on an otherwise idle machine. Writes reports/benchmarks/sampling_steps.json and .md.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from dataclasses import replace
 
 import pandas as pd
 
+from benchmarks._results import write_results
 
-def main() -> None:
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[25, 15, 10])
     parser.add_argument("--guidance", type=float, nargs="+", default=None, help="default: world_fidelity.sampling's")
@@ -36,7 +38,7 @@ def main() -> None:
                         help="draw the prompts with this seed (default: world_fidelity.prompts.seed, the reported set)")
     parser.add_argument("--per-class", type=int, default=10, help="one-object prompts per class")
     parser.add_argument("--two-object", type=int, default=100, help="two-object prompts")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from groundiff.diffusion.pipeline import generate, load_pipeline
     from groundiff.core.params import Params
@@ -75,6 +77,14 @@ def main() -> None:
     out = pd.DataFrame(rows)
     out["speedup"] = (out["img_per_s"] / out["img_per_s"].iloc[0]).round(2)
     print(out.to_string(index=False))
+    result = {"world": world.name, "device": params.world.device, "settings": out.to_dict(orient="records")}
+    columns = list(out.columns)
+    text = "\n".join([f"The `{world.name}` world's diffusion model; the world's oracle scores every setting's images "
+                      f"(prompt seed {prompts.seed}).", "",
+                      "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+                     + ["| " + " | ".join(str(v) for v in row) + " |" for row in out.itertuples(index=False)])
+    write_results("sampling_steps", "Fidelity and speed against DDIM steps, guidance and precision", result, text)
+    return result
 
 
 if __name__ == "__main__":

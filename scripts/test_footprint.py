@@ -1,9 +1,9 @@
 """Measure each test file on its own: peak RSS (GNU time's %M, the largest process) and wall time.
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/test_footprint.py        # all files, then README updated
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/test_footprint.py        # all files, then docs/testing.md updated
 
 Writes reports/test_footprint.md and replaces the table between the `test-footprint` markers in
-README.md, so the numbers there are the ones this script measured. Run it on an otherwise idle machine.
+docs/testing.md, so the numbers there are the ones this script measured. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -50,10 +50,12 @@ def main() -> None:
     text = note + "\n\n" + "\n".join(table) + "\n"
     (ROOT / "reports").mkdir(exist_ok=True)
     (ROOT / "reports/test_footprint.md").write_text("# Test footprint\n\n" + text)
-    readme = ROOT / "README.md"
-    body = readme.read_text()
-    if MARK.search(body):
-        readme.write_text(MARK.sub(lambda m: m.group(1) + text + m.group(2), body))
+    doc = ROOT / "docs/testing.md"
+    body = doc.read_text()
+    if not MARK.search(body):
+        raise SystemExit(f"{doc}: no <!-- test-footprint --> ... <!-- /test-footprint --> block; put the two "
+                         f"markers where the table goes (the table is in reports/test_footprint.md)")
+    doc.write_text(MARK.sub(lambda m: m.group(1) + text + m.group(2), body))
 
 
 if __name__ == "__main__":

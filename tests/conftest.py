@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def tiny_params() -> dict:
     """The project's real params.yaml, shrunk to test size."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["world_data"].update(n_train=12, n_val=6)
+    params["world_data"].update(n_train=12, n_val=6, n_dev=4)
     params["prompts"].update(n=40)
     params["distributed"].update(scheduler="")  # in the stage's process; test_distributed covers clusters
     return params
@@ -32,6 +32,21 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GROUNDIFF_TRACKING", "0")
     return tmp_path
+
+
+def copy_project(dest: Path, extra: tuple[str, ...] = ()) -> Path:
+    """Copy the project's real dvc.yaml, src/ and shapes world (and `extra` paths, globs allowed) to `dest`,
+    as git lists them (tracked and not ignored): what a tiny `dvc repro` / `dvc exp run` project needs."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
+                            "dvc.yaml", "src", "worlds/shapes", ".dvcignore", *extra],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes((ROOT / rel).read_bytes())
+    return dest
 
 
 def write_params(root: Path, params: dict) -> None:
@@ -50,3 +65,25 @@ def grounded_world(project: Path) -> Path:
                                            d_model=32, n_heads=2, ffn_dim=64, n_layers=1)
     GroundingModule(cfg).save_pretrained(project / "models/grounding")
     return project
+
+
+def tracking_project(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`root` as an empty project (dvc.yaml only) with tracking on and no inherited MLflow settings."""
+    for name in ("MLFLOW_TRACKING_URI", "GROUNDIFF_PARENT_RUN_ID", "GROUNDIFF_EXPERIMENT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GROUNDIFF_TRACKING", "1")
+    (root / "dvc.yaml").write_text("")
+    return root
+
+
+def stop_process_group(proc, timeout: float) -> None:
+    """SIGTERM the process group a test started (start_new_session=True), then SIGKILL what is left."""
+    import signal
+    import subprocess
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_params
+from conftest import ROOT, copy_project, tiny_params
 from groundiff.cli import main as cli
 from groundiff.data.shards import MANIFEST, content_digest, damaged_files, write_shard
 from groundiff.testing import tiny_shapes_pipeline
@@ -45,14 +45,7 @@ def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git + DVC project: the real dvc.yaml, src/ and shapes world, tiny params, no dvc.lock."""
-    repo = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "dvc.yaml", "src", "worlds/shapes", ".dvcignore",
-                            "metrics/world_diffusion*", "metrics/world_detector*"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            (repo / rel).write_bytes((ROOT / rel).read_bytes())
+    repo = copy_project(tmp_path_factory.mktemp("repo"), ("metrics/world_diffusion*", "metrics/world_detector*"))
     params = tiny_params()
     params["synthesize"].update(shard_size=20, sampling={**params["synthesize"]["sampling"], "steps": 3,
                                                          "batch_size": 20, "precision": "fp32"})

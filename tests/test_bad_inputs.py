@@ -1,6 +1,6 @@
 """Bad input gives one clear error, and outputs already on disk stay as they were.
 
-One test (or parametrized case) per row of the README table "Bad input and the error it gives"
+One test (or parametrized case) per row of the table in docs/errors.md ("Bad input and the error it gives")
 that no other test file covers already; the table names the test of every row.
 """
 
@@ -299,16 +299,17 @@ def tried_through(named: list[list[str]]) -> str:
     return ", ".join(w for w in ("`dvc repro`", "CLI", "demo", "stage", "library") if w in found)
 
 
-def readme_rows() -> list[list[str]]:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Bad input and the error it gives", 1)[1].split("\n## ", 1)[0]
+def errors_table_rows() -> list[list[str]]:
+    """The rows of docs/errors.md's table, cell by cell."""
+    doc = (Path(__file__).resolve().parents[1] / "docs/errors.md").read_text()
+    section = doc.split("# Bad input and the error it gives", 1)[1].split("\n## ", 1)[0]
     return [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in section.splitlines()
             if line.startswith("| ") and not line.startswith("| bad input")]
 
 
-def test_the_readme_table_names_a_real_test_for_every_row():
+def test_the_errors_table_names_a_real_test_for_every_row():
     """Every row names tests that exist, and says truthfully how they try the bad input."""
-    rows = readme_rows()
+    rows = errors_table_rows()
     assert len(rows) >= 15
     tests = Path(__file__).parent
     for *_, how, test_cell in rows:

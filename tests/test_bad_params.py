@@ -38,6 +38,10 @@ def _run(params, root, tmp_path):
          "eval_grounding: norm_at_test: 'train' is not one of running, batch"),
         (lambda p: p["train_grounding"].update(spectral_norm="power"),
          "train_grounding: spectral_norm: 'power' is not one of torch, biggan"),
+        (lambda p: p["eval_zs3"].update(split="test"), "split: 'test' is not one of val, dev"),
+        (lambda p: p["eval_zs3"].update(variants=["C", "Z"]),
+         "eval_zs3: variants: ['Z'] not in train_segmenter.variants"),
+        (lambda p: p["world_data"].update(n_dev=0), "n_train, n_val and n_dev must be positive"),
     ],
 )
 def test_bad_params_fail_clearly_and_touch_nothing(project, tmp_path, mutate, message):

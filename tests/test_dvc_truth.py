@@ -71,7 +71,8 @@ def _named_locations() -> set[str]:
         if isinstance(value, paths.Path):
             names.add(str(value))
     for world in ("shapes", "voc", "coco"):
-        for fn in (paths.world_sources, paths.world_diffusion, paths.world_detector, paths.real_data):
+        for fn in (paths.world_sources, paths.world_diffusion, paths.world_detector, paths.real_data,
+                   paths.dev_data):
             names.add(str(fn(world)))
     for stage in STAGES:
         base = stage.split("@")[0]

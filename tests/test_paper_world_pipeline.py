@@ -212,7 +212,11 @@ def test_every_stage_runs_on_the_paper_world(project, world):
     assert sources["oracle"]["sha256"] and "unet/config.json" in sources["diffusion"]["files"]
     world_data.main()
     real = Path(f"data/{world}/real")
-    assert [i for i, _, _ in read_split(real, "val")] and len((real / "ImageSets/Segmentation/train.txt").read_text().split()) == 6
+    assert [i for i, _, _ in read_split(real, "val")]
+    train = (real / "ImageSets/Segmentation/train.txt").read_text().split()
+    dev = [i for i, _, _ in read_split(Path(f"data/{world}/dev"), "dev")]  # 4 of the 6 held out (tiny n_dev)
+    assert len(train) == 2 and len(dev) == 4 and not set(train) & set(dev)
+    assert json.loads(Path("metrics/world_data.json").read_text())["dev"] == {"images": 4}
     world_diffusion.main()
     assert json.loads(Path(f"worlds/{world}/diffusion/source.json").read_text())["unet"]["cross_attention_dim"] == 16
     world_detector.main()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, tiny_params, write_params
+from conftest import ROOT, stop_process_group, tiny_params, write_params
 from flows.lanes import stage_graph
 from flows.lock import LOCK_FILE, project_lock
 
@@ -85,13 +84,7 @@ def _process(cmd: list[str], log: Path, env: dict[str, str], cwd: Path = ROOT) -
     try:
         yield proc
     finally:
-        # SIGTERM first: serve pauses its schedule and ends its runs; then SIGKILL to what is left.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
+        stop_process_group(proc, timeout=30)  # SIGTERM first: serve pauses its schedule and ends its runs
 
 
 @dataclass

@@ -8,16 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tracking_project
 from groundiff.core import tracking
 
 
 @pytest.fixture
 def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty project (dvc.yaml only) as cwd, tracking on, no inherited MLflow settings."""
-    for name in ("MLFLOW_TRACKING_URI", "GROUNDIFF_PARENT_RUN_ID", "GROUNDIFF_EXPERIMENT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("GROUNDIFF_TRACKING", "1")
-    (tmp_path / "dvc.yaml").write_text("")
+    tracking_project(tmp_path, monkeypatch)
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")  # the root is found upwards from cwd
     return tmp_path

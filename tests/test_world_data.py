@@ -1,5 +1,8 @@
 import json
 
+import pytest
+import yaml
+
 import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
@@ -67,3 +70,46 @@ def test_full_labels_and_load_time_ignore(project):
         assert (masked == seen_only[image_id]).all()
     via_loader = {i: lab for i, _, lab in read_split(root, "train", labels="SegmentationClassFull", ignore_labels=(2, 7, 9))}
     assert all((via_loader[i] == seen_only[i]).all() for i in seen_only)
+
+
+def test_dev_split_is_held_out_fully_labelled_and_leaves_real_data_alone(project):
+    world_data.main()
+    real, dev = project / "data/shapes/real", project / "data/shapes/dev"
+    before = {p.relative_to(real): p.read_bytes() for p in real.rglob("*") if p.is_file()}
+    ids = (dev / "ImageSets/Segmentation/dev.txt").read_text().split()
+    assert ids == [f"dev_{i:06d}" for i in range(4)]
+    assert not set(ids) & {i for s in ("train", "val") for i in (real / f"ImageSets/Segmentation/{s}.txt").read_text().split()}
+    labels = [lab for _, _, lab in read_split(dev, "dev")]
+    assert IGNORE not in set(np.unique(np.concatenate([lab.ravel() for lab in labels])))  # every class labelled
+    stats = json.loads((project / "metrics/world_data.json").read_text())
+    assert stats["dev"]["images"] == 4 and stats["train"]["images"] == 12
+    # A different dev size rewrites dev only: train and val keep every byte.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["world_data"]["n_dev"] = 7
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    world_data.main()
+    assert {p.relative_to(real): p.read_bytes() for p in real.rglob("*") if p.is_file()} == before
+    assert len((dev / "ImageSets/Segmentation/dev.txt").read_text().split()) == 7
+
+
+def test_paper_world_dev_is_a_seeded_hold_out_of_train(tmp_path):
+    from groundiff.worlds.paper_data import hold_out_dev
+    from groundiff.data.voc import VOCWriter
+
+    def world(root):
+        voc = VOCWriter(root)
+        for i in range(10):
+            voc.add("train", f"t{i}", np.full((4, 4, 3), i, np.uint8), np.full((4, 4), i % 3, np.uint8))
+        voc.close()
+        return root
+
+    a, b = world(tmp_path / "a"), world(tmp_path / "b")
+    assert hold_out_dev(a, tmp_path / "a_dev", 3, seed=0) == {"images": 3}
+    hold_out_dev(b, tmp_path / "b_dev", 3, seed=0)
+    train = (a / "ImageSets/Segmentation/train.txt").read_text().split()
+    dev = (tmp_path / "a_dev/ImageSets/Segmentation/dev.txt").read_text().split()
+    assert len(train) == 7 and len(dev) == 3 and not set(train) & set(dev)
+    assert dev == (tmp_path / "b_dev/ImageSets/Segmentation/dev.txt").read_text().split()  # seeded
+    assert [i for i, _, _ in read_split(tmp_path / "a_dev", "dev")] == dev
+    with pytest.raises(ValueError, match="n_dev: 7 held-out images need a train split of more than 7"):
+        hold_out_dev(a, tmp_path / "again", 7, seed=0)

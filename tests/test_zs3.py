@@ -193,3 +193,10 @@ def test_train_all_variants_then_eval(project):
     shutil.rmtree(project / "models/segmenter/real_all")
     with pytest.raises(FileNotFoundError, match=r"dvc repro train_segmenter@B` && `dvc repro train_reference@real_all"):
         eval_zs3.main()
+
+    # a study scores some variants on dev: the missing ones are not needed, the table names the split
+    params["eval_zs3"].update(split="dev", variants=["A", "C"])
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    eval_zs3.main()
+    assert list(json.loads((project / "metrics/zs3.json").read_text())) == ["A", "C"]
+    assert "scored on the real `dev` split" in (project / "reports/zs3.md").read_text()

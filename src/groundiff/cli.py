@@ -6,6 +6,8 @@
     groundiff world voc          # switch params.yaml to the paper's VOC world (its settings too)
     groundiff import-official grounding_module.pth --out models/grounding-official
                                  # the authors' released module as a module folder (docs/official.md)
+    groundiff study seeds        # a study of studies.yaml as DVC experiments -> reports/studies/seeds.md
+    groundiff mlflow-import      # the shipped run's committed metrics into mlflow.db, for `mlflow ui` (docs/mlflow.md)
 
 Reads params.yaml in the current directory (the project root) for the world, its models and the
 sampling settings; the grounding module comes from `models/grounding` (train_grounding's output).
@@ -104,6 +106,26 @@ def _import_official(args: argparse.Namespace) -> None:
           f"or groundiff generate ... --grounding {args.out}")
 
 
+def _study(args: argparse.Namespace) -> None:
+    from groundiff.app.study import run_study
+
+    run_study(args.name, ".", jobs=args.jobs, dry_run=args.dry_run, report_only=args.report_only)
+
+
+def _mlflow_import(args: argparse.Namespace) -> None:
+    from groundiff.app.mlflow_import import import_shipped
+
+    result = import_shipped(".", force=args.force)
+    what = {"imported": "imported", "replaced": f"replaced an older import ({result.deleted} runs deleted);",
+            "skipped": "already imported (same files; --force re-imports):"}[result.action]
+    print(f"{what} {result.runs} shipped runs into {result.tracking_uri} (parent run {result.parent_run_id})")
+    store = result.tracking_uri.removeprefix("sqlite:///")
+    if result.tracking_uri.startswith("sqlite:///"):
+        print(f"browse: mlflow ui --backend-store-uri sqlite:///{store} --default-artifact-root "
+              f"{Path(store).parent / 'mlruns'}")
+    print(f"then open {result.url}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groundiff", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
                                "parametrization, set to give the same eval-mode sigma")
     official.add_argument("--force", action="store_true", help="replace --out if it exists")
     official.set_defaults(func=_import_official)
+    study = sub.add_parser("study", help="run a study of studies.yaml as DVC experiments and write "
+                                          "reports/studies/<name>.md|json")
+    study.add_argument("name", help="a study in studies.yaml, e.g. seeds")
+    study.add_argument("--jobs", "-j", type=int, default=1,
+                       help="DVC queue workers running experiments at once (each trains with world.num_threads)")
+    study.add_argument("--dry-run", action="store_true", help="print the dvc exp run commands; run nothing")
+    study.add_argument("--report-only", action="store_true",
+                       help="write the report from the finished experiments; queue nothing")
+    study.set_defaults(func=_study)
+    imp = sub.add_parser("mlflow-import", help="load the shipped run's committed metrics into mlflow.db as "
+                                               "'shipped results' runs, to browse with `mlflow ui`")
+    imp.add_argument("--force", action="store_true", help="re-import even if the same files are already imported")
+    imp.set_defaults(func=_mlflow_import)
     return parser
 
 

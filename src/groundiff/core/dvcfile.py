@@ -1,6 +1,7 @@
 """dvc.yaml, read the way DVC reads it: `foreach` groups expanded to `<group>@<item>` stages and
 `${...}` templates filled from params.yaml. The stage layer asks it which params keys a stage
-declares; tests ask it for every stage's deps and outs.
+declares; tests ask it for every stage's deps and outs. `lookup` and `assign` walk params.yaml's data
+by a dotted key as DVC spells it (in `params:`, `${...}` and `dvc exp run -S key=value`).
 """
 
 from __future__ import annotations
@@ -27,20 +28,44 @@ class DvcStage:
     extra: dict = field(default_factory=dict)
 
 
-def _lookup(key: str, context: dict[str, Any]) -> Any:
-    value: Any = context
+def _part(node: dict[str, Any], part: str) -> Any:
+    """One part of a dotted key as the mapping's keys are typed: split numbers are int keys in params.yaml."""
+    if part not in node and part.lstrip("-").isdigit() and int(part) in node:
+        return int(part)
+    return part
+
+
+def lookup(data: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key (`train_segmenter.segmenter.seed`, `shapes.splits.1`) of params.yaml's
+    mapping; KeyError(key) when a part is missing."""
+    value: Any = data
     for part in key.split("."):
-        if isinstance(value, dict) and part not in value and part.lstrip("-").isdigit() and int(part) in value:
-            part = int(part)  # split numbers are int keys in params.yaml
-        if not isinstance(value, dict) or part not in value:
-            raise ParamsError(f"dvc.yaml uses ${{{key}}}, but params.yaml has no {key}")
-        value = value[part]
+        if not isinstance(value, dict) or (hit := _part(value, part)) not in value:
+            raise KeyError(key)
+        value = value[hit]
     return value
+
+
+def assign(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key in params.yaml's mapping, in place; its parent must exist (KeyError otherwise),
+    the last part is added if new."""
+    *parents, last = key.split(".")
+    node = lookup(data, ".".join(parents)) if parents else data
+    if not isinstance(node, dict):
+        raise KeyError(key)
+    node[_part(node, last)] = value
+
+
+def _template(key: str, context: dict[str, Any]) -> Any:
+    try:
+        return lookup(context, key)
+    except KeyError:
+        raise ParamsError(f"dvc.yaml uses ${{{key}}}, but params.yaml has no {key}") from None
 
 
 def _fill(value: Any, context: dict[str, Any]) -> Any:
     if isinstance(value, str):
-        return _TEMPLATE.sub(lambda m: str(_lookup(m.group(1), context)), value)
+        return _TEMPLATE.sub(lambda m: str(_template(m.group(1), context)), value)
     if isinstance(value, list):
         return [_fill(v, context) for v in value]
     if isinstance(value, dict):
@@ -101,8 +126,8 @@ def require_declared_params(stages: dict[str, DvcStage], params: dict[str, Any],
     for name, stage in stages.items():
         for key in stage.params:
             try:
-                _lookup(key, params)
-            except ParamsError:
+                lookup(params, key)
+            except KeyError:
                 missing.append(f"{name}: {key}")
     if missing:
         raise ParamsError(f"{where}: dvc.yaml's stages declare params that it does not write "

@@ -142,6 +142,7 @@ SECTIONS: dict[str, type] = {
     "eval_grounding": schema.EvalConfig,
     "train_segmenter": schema.TrainSegmenterParams,
     "eval_zs3": schema.EvalZS3Params,
+    "tracking": schema.TrackingParams,
 }
 
 #: Keys that decide how a run is carried out, not what it produces: read freely, never declared
@@ -153,6 +154,7 @@ RUN_ONLY: frozenset[str] = frozenset({
     "train_grounding.log_every",
     "train_segmenter.segmenter.checkpoint_every",
     "train_segmenter.segmenter.log_every",
+    "tracking",  # MLflow grouping and tags of the stage runs (set by `groundiff study`)
 })
 
 

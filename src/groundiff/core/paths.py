@@ -49,6 +49,11 @@ def real_data(world: str) -> Path:
     return Path("data") / world / "real"
 
 
+def dev_data(world: str) -> Path:
+    """The world's dev split: held-out train images, every class labelled, VOC layout (world_data)."""
+    return Path("data") / world / "dev"
+
+
 # --- the paper's method -----------------------------------------------------------------------
 
 VALIDATED = Path("reports/validate.json")  # validate: params.yaml checked (the gate every stage is behind)
@@ -88,3 +93,5 @@ PROTOCOL1_GRID = FIGURES / "protocol1_overlays.png"
 ZS3_TABLE = REPORTS / "zs3.md"
 ZS3_FIGURE = FIGURES / "zs3_predictions.png"
 REPORT = REPORTS / "report.md"
+RESULTS_PAGE = Path("docs/results.md")  # report: the user's results page (generated)
+README = Path("README.md")  # its results block is rewritten by `python -m groundiff.stages.report --readme`

@@ -29,6 +29,12 @@ COLOR_AUG_MODES: tuple[str, ...] = ("none", "synthetic", "all")
 REAL_MODES: tuple[str, ...] = ("none", "seen", "all")
 #: Protocol II's treatment of background pixels.
 BACKGROUND_MODES: tuple[str, ...] = ("ignore", "seen")
+#: Who labels the synthetic dataset's images (synth_dataset.labels): the method's grounding module, or
+#: the world's oracle detector (a study's reference: the labels of a module that agreed with it everywhere).
+SYNTH_LABELS: tuple[str, ...] = ("grounding", "oracle")
+#: How the scored real images look (eval_zs3.appearance): as they are, or made to look generated, one
+#: trait at a time (groundiff.eval.appearance).
+APPEARANCES: tuple[str, ...] = ("real", "grey_background", "blurred", "pastel")
 #: The grounding module's mix-conv spectral norm: torch's parametrization, or the released code's
 #: power iteration (one per forward in train and eval mode; groundiff.method.grounding.model).
 SPECTRAL_NORMS: tuple[str, ...] = ("torch", "biggan")
@@ -141,13 +147,15 @@ class WorldDataConfig:
     seed: int = 0
     n_train: int = 2000
     n_val: int = 500
+    n_dev: int = 500  # every world: held-out train images, every class labelled (data/<world>/dev)
     min_objects: int = 1
     max_objects: int = 2
     image_size: int = 32
 
     def __post_init__(self) -> None:
-        if self.n_train <= 0 or self.n_val <= 0:
-            raise ValueError(f"n_train and n_val must be positive, got {self.n_train}, {self.n_val}")
+        if self.n_train <= 0 or self.n_val <= 0 or self.n_dev <= 0:
+            raise ValueError(f"n_train, n_val and n_dev must be positive, got {self.n_train}, {self.n_val}, "
+                             f"{self.n_dev}")
 
 
 @dataclass(frozen=True)
@@ -446,8 +454,16 @@ class SynthDatasetConfig:
     # the grounding module folder that labels the images: train_grounding's, or another one (e.g.
     # `groundiff import-official`'s); it enters the output's fingerprint by content, not by this name
     grounding_dir: str = "models/grounding"
+    # who labels the images: grounding (the method) | oracle (the world's detector, for a study; the
+    # grounding module's labels are still made, to count how often the two agree)
+    labels: str = "grounding"
+    oracle_score: float = 0.5  # labels: oracle: the detector score an instance needs to become a label
 
     def __post_init__(self) -> None:
+        if self.labels not in SYNTH_LABELS:
+            raise ValueError(f"labels: {self.labels!r} is not one of {', '.join(SYNTH_LABELS)}")
+        if not 0.0 <= self.oracle_score <= 1.0:
+            raise ValueError(f"oracle_score: a detector score in [0, 1], got {self.oracle_score}")
         if min(self.n_one, self.n_two, self.n_complicated) < 0 or self.n_one + self.n_two + self.n_complicated == 0:
             raise ValueError("n_one, n_two, n_complicated must be >= 0 and not all zero")
         if not 0.0 < self.ignore_below <= self.threshold < 1.0:
@@ -606,16 +622,43 @@ class TrainSegmenterParams:
         return self.variants[name]
 
 
+#: Real splits eval_zs3 can score (both label every class).
+SCORED_SPLITS = ("val", "dev")
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    """params.yaml `tracking`: how stage runs are grouped in MLflow, never what they produce (RUN_ONLY).
+
+    `groundiff study` sets these per DVC experiment (`dvc exp run -S`), because a queued experiment runs
+    in a temp workspace that environment variables may not reach: each stage run of the experiment is
+    then tagged with the study and nested under the study's one parent run.
+    """
+
+    study: str = ""  # the study this run belongs to ("" = none: runs group under "dvc repro @ <commit>")
+    parent_run_id: str = ""  # the MLflow run the stage runs nest under ("" = the default grouping)
+    point: str = ""  # the study's grid point, e.g. "lr=0.001" ("" = the study has no grid)
+
+
 @dataclass(frozen=True)
 class EvalZS3Params:
     """params.yaml `eval_zs3`."""
 
-    split: str = "val"  # the real split scored (every class labelled)
+    split: str = "val"  # the real split scored: val (the headline) | dev (held-out train images: choices)
+    variants: tuple[str, ...] = ()  # the variants scored; empty = every train_segmenter variant
     background: str = "ignore"  # ignore: background pixels skipped (ZegFormer's VOC) | seen: a seen class
     batch_size: int = 64  # images per forward pass
     figure_images: int = 6  # rows of the prediction figure (about 2/3 showing an unseen class)
+    appearance: str = "real"  # the scored images as they are, or made to look generated (a study's diagnosis)
 
     def __post_init__(self) -> None:
+        if self.appearance not in APPEARANCES:
+            raise ValueError(f"appearance: {self.appearance!r} is not one of {', '.join(APPEARANCES)}")
+        if self.split not in SCORED_SPLITS:
+            raise ValueError(f"split: {self.split!r} is not one of {', '.join(SCORED_SPLITS)} (val: the headline; "
+                             "dev: held-out train images, for every choice of a setting)")
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants: {list(self.variants)} names a variant twice")
         if self.background not in BACKGROUND_MODES:
             raise ValueError(f"background: {self.background!r} is not one of {', '.join(BACKGROUND_MODES)}")
         if self.batch_size <= 0 or self.figure_images <= 0:

@@ -9,8 +9,10 @@ Why it looks like this:
   active-run stack is thread-local, so a Prefect task or Dask worker thread would not see the
   pipeline's run and would start a stray top-level run instead of nesting.
 - A stage finds its parent in this order: the `parent_run_id` argument, the env var
-  `GROUNDIFF_PARENT_RUN_ID` (set by the Prefect flow for the `dvc repro` it launches), else a
-  "dvc repro @ <commit>" run that groups every stage a plain `dvc repro` ran on that commit.
+  `GROUNDIFF_PARENT_RUN_ID` (set by the Prefect flow for the `dvc repro` it launches), params.yaml's
+  `tracking.parent_run_id` (set by `groundiff study` in each of its DVC experiments: the study's one
+  parent run; the stage run is then tagged with the study, grid point, seed, split and variant), else
+  a "dvc repro @ <commit>" run that groups every stage a plain `dvc repro` ran on that commit.
 
 Environment:
     MLFLOW_TRACKING_URI       use this store (e.g. an MLflow server) instead of `<root>/mlflow.db`
@@ -25,7 +27,8 @@ unavailable, the stage warns once and goes on untracked: its outputs and exit st
 work deserves. A run whose end could not be recorded is listed in `<root>/mlruns/.unfinished.jsonl`
 and marked FINISHED/FAILED by the next stage that reaches the store, so no run stays RUNNING.
 
-Browse the runs with `mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db`.
+Browse the runs with `mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db --default-artifact-root
+$PWD/mlruns` and open `runs_url(...)` (docs/mlflow.md: why that link, and `groundiff mlflow-import`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import os
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +50,12 @@ if TYPE_CHECKING:  # mlflow takes ~1 s to import: stages with tracking off never
 
 PARENT_ENV = "GROUNDIFF_PARENT_RUN_ID"
 DEFAULT_EXPERIMENT = "groundiff"
+# MLflow 3 records what an experiment is for in this experiment tag; "custom_model_development" is the
+# kind the UI calls "Machine learning" / "Model training" (genai_development opens on traces and the GenAI
+# overview). Values: the `ExperimentKind` enum of MLflow's UI bundle (mlflow/server/js/build/static/js/main.*.js);
+# mlflow/demo/generators/traces.py tags its demo experiment the same way. See "the experiment in the UI" below.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # MLflow's limits (mlflow.utils.validation): longer param values are rejected, not truncated.
 MAX_PARAM_VALUE = 6000
 MAX_PARAMS_PER_BATCH = 100
@@ -157,6 +166,7 @@ class StageRun:
         self.client = client
         self.run_id = run_id
         self.broken = False
+        self.headline = False  # logged a headline metric: the experiment's saved view is refreshed at the end
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         if self.broken:
@@ -175,6 +185,7 @@ class StageRun:
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if is_number(v)]
+        self.headline = self.headline or any(is_headline(m.key) for m in items)
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
             self._call("logging metrics", self.client.log_batch, self.run_id,
                        metrics=items[i : i + MAX_METRICS_PER_BATCH])
@@ -328,7 +339,8 @@ def _experiment_id(client: MlflowClient, root: Path | str | None) -> str:
         # A server decides where artifacts go; only a local store gets <root>/mlruns.
         local = client.tracking_uri.startswith(("sqlite:", "file:", "/"))
         try:
-            return client.create_experiment(name, artifact_location=artifact_root(root) if local else None)
+            return client.create_experiment(name, artifact_location=artifact_root(root) if local else None,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # another stage process created it first
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -339,11 +351,97 @@ def _experiment_id(client: MlflowClient, root: Path | str | None) -> str:
             f"`mlflow experiments restore --experiment-id {experiment.experiment_id}`, "
             "or set GROUNDIFF_EXPERIMENT to another name."
         )
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the tag was set (a kind a user chose is kept)
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
 
 
 def _commit_tags(sha: str, dirty: bool) -> dict[str, str]:
     return {"groundiff.commit": sha[:7], "groundiff.dirty": str(dirty).lower(), "mlflow.source.git.commit": sha}
+
+
+# --------------------------------------------------------------------------- the experiment in the UI
+# MLflow 3.17's UI does not open an experiment by its kind tag: its own "GenAI / Model training" switch
+# decides (browser localStorage `mlflow.workflowType`, GenAI in a fresh browser; the URL parameter
+# `workflowType=machine_learning` overrides it), so a fresh browser lands on the GenAI overview whatever the
+# tag says (mlflow/mlflow#24498). The runs table keeps its visible columns in localStorage too. What the
+# store itself can hold is a *saved view*: experiment tag `mlflow.sharedViewState.<key>`, a JSON envelope
+# {name, createdAt, updatedAt, state} whose state names the columns; the runs page lists it under "Views"
+# and `?viewStateShareKey=<key>` opens it. `runs_url` is the link that opens both: runs table, headline
+# columns. It is rewritten with the headline metrics the experiment holds when a stage run logged one
+# (and by `groundiff mlflow-import`).
+VIEW_KEY = "groundiff-headline"
+VIEW_NAME = "Headline metrics"
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+HEADLINE = ("hiou", "miou_seen", "miou_unseen")  # Protocol II, per variant: `<variant>.hiou`, ...
+PROTOCOL1 = ("one_seen", "one_unseen", "two_seen", "two_unseen", "two_seen_unseen")  # `ours_<category>`
+VIEW_TAGS = ("groundiff.study", "groundiff.variant", "groundiff.seed", "groundiff.split")  # shown as columns
+
+
+def is_headline(key: str) -> bool:
+    """A headline metric: `[<point>/]<variant>.hiou|miou_seen|miou_unseen[_mean]`, or Protocol I's
+    `ours_<category>`."""
+    last = key.rsplit(".", 1)[-1].removesuffix("_mean")
+    return ("." in key and last in HEADLINE) or key in {f"ours_{c}" for c in PROTOCOL1}
+
+
+def headline_columns(metric_keys: Iterable[str]) -> list[str]:
+    """The runs table's column ids for the headline metrics among `metric_keys`, in reading order:
+    every variant's hIoU (then its study mean), Protocol I, then the variants' seen and unseen mIoU."""
+    def order(key: str) -> tuple:
+        if key.startswith("ours_"):
+            return (1, PROTOCOL1.index(key.removeprefix("ours_")), "", False)
+        head, last = key.rsplit(".", 1)
+        metric = HEADLINE.index(last.removesuffix("_mean"))
+        return (0 if metric == 0 else 2, metric, head, last.endswith("_mean"))
+
+    return [f"metrics.`{k}`" for k in sorted({k for k in metric_keys if is_headline(k)}, key=order)]
+
+
+def runs_url(experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's runs table with the headline view, in the "Model training" part of the UI."""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+
+
+def compare_url(run_ids: Iterable[str], experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    """MLflow's run-comparison page for `run_ids` (every metric of each run side by side)."""
+    from urllib.parse import quote
+
+    runs = quote(json.dumps(list(run_ids)), safe="")
+    return f"{base}/#/compare-runs?runs={runs}&experiments={quote(json.dumps([experiment_id]), safe='')}" \
+           "&workflowType=machine_learning"
+
+
+def open_experiment(root: Path | str | None = None) -> tuple[MlflowClient, str]:
+    """(a client of the project's store, the groundiff experiment's id, created and tagged if absent)."""
+    client = _client(root)
+    return client, _experiment_id(client, root)
+
+
+def refresh_headline_view(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Rewrite the saved view `VIEW_KEY` with the headline metrics the experiment's runs hold; returns
+    its metric columns. A column no run has is not shown by the UI, so the view never shows empty ones."""
+    keys: set[str] = set()
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        for run in page:
+            keys.update(run.data.metrics)
+        token = page.token
+        if not token:
+            break
+    columns = headline_columns(keys)
+    shown = columns + [f"tags.`{t}`" for t in VIEW_TAGS]
+    old = client.get_experiment(experiment_id).tags.get(VIEW_TAG_PREFIX + VIEW_KEY)
+    now = int(time.time() * 1000)
+    try:
+        created = int(json.loads(old)["createdAt"]) if old else now
+    except (ValueError, KeyError, TypeError):  # not ours, or damaged: rewritten
+        created = now
+    state = {"selectedColumns": shown, "columnOrder": shown}
+    client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + VIEW_KEY, json.dumps(
+        {"name": VIEW_NAME, "createdAt": created, "updatedAt": now, "state": json.dumps(state)}))
+    return columns
 
 
 @contextmanager
@@ -432,6 +530,11 @@ def stage_run(stage: str, params: Mapping[str, Any], root: Path | str | None = N
         _close(client, root, run.run_id, error, parent)
         raise
     _close(client, root, run.run_id, None, parent)
+    if run.headline and not run.broken:
+        try:
+            refresh_headline_view(client, client.get_run(run.run_id).info.experiment_id)
+        except Exception as err:  # noqa: BLE001 (tracking never costs work)
+            _warn("updating the experiment's headline view", err)
 
 
 def _open_stage_run(stage: str, params: Mapping[str, Any], root: Path | str | None,
@@ -443,13 +546,14 @@ def _open_stage_run(stage: str, params: Mapping[str, Any], root: Path | str | No
         _settle_unfinished(client, root)
         experiment_id = _experiment_id(client, root)
         sha, dirty = git_commit(root)
-        parent = parent_run_id or os.environ.get(PARENT_ENV) or None
+        study_parent, study_tags = study_context(stage)
+        parent = parent_run_id or os.environ.get(PARENT_ENV) or study_parent or None
         grouped = parent is None  # a plain `dvc repro`: the group run mirrors its latest stage's status
         if grouped:
             parent = _dvc_repro_parent(client, experiment_id, sha, dirty)
         else:
             _check_parent(client, parent)
-        tags = {"mlflow.parentRunId": parent, "groundiff.stage": stage, **_commit_tags(sha, dirty)}
+        tags = {"mlflow.parentRunId": parent, "groundiff.stage": stage, **_commit_tags(sha, dirty), **study_tags}
         run = StageRun(client, client.create_run(experiment_id, run_name=stage, tags=tags).info.run_id)
     except ParentRunMissing:
         raise
@@ -462,6 +566,111 @@ def _open_stage_run(stage: str, params: Mapping[str, Any], root: Path | str | No
     for i in range(0, len(flat), MAX_PARAMS_PER_BATCH):
         run._call("logging params", client.log_batch, run.run_id, params=flat[i : i + MAX_PARAMS_PER_BATCH])
     return client, run, parent if grouped else None
+
+
+# --------------------------------------------------------------------------- studies
+# `groundiff study` (groundiff.app.study) runs each grid point x seed as a DVC experiment whose params.yaml
+# carries a `tracking` section (RUN_ONLY: no stage reruns for it): the study, its grid point and its
+# MLflow parent run. Params, not env vars, because a queued experiment runs in a temp workspace started
+# by a DVC queue worker. Every stage run of such an experiment nests under the study's one parent run
+# and carries these tags, so MLflow's compare view lines the seeds up:
+STUDY_TAGS = ("groundiff.study", "groundiff.point", "groundiff.seed", "groundiff.split", "groundiff.variant",
+              "groundiff.dvc_experiment")
+
+
+def study_context(stage: str, params_file: Path | str = "params.yaml") -> tuple[str | None, dict[str, str]]:
+    """(the study's parent run id or None, the study tags) for a stage run, from params.yaml in cwd.
+
+    Outside a study (`tracking.study` empty or absent) this is (None, {}). The variant is the stage's
+    `@<variant>` (train_segmenter@C), or for eval_zs3 the variants it scores, comma-separated.
+    """
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(params_file).read_text()) or {}
+    except (OSError, ValueError):  # the stage itself reports a missing or broken params.yaml
+        return None, {}
+    section = raw.get("tracking") if isinstance(raw, dict) else None
+    if not isinstance(section, dict) or not section.get("study"):
+        return None, {}
+
+    def get(*keys: str) -> Any:
+        node: Any = raw
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node
+
+    if "@" in stage:
+        variant = stage.split("@", 1)[1]
+    elif stage == "eval_zs3":
+        variant = ",".join(get("eval_zs3", "variants") or get("train_segmenter", "variants") or [])
+    else:
+        variant = ""
+    tags = {"groundiff.study": section["study"], "groundiff.point": section.get("point") or "",
+            "groundiff.seed": get("train_segmenter", "segmenter", "seed"), "groundiff.split": get("eval_zs3", "split"),
+            "groundiff.variant": variant, "groundiff.dvc_experiment": os.environ.get("DVC_EXP_NAME", "")}
+    parent = str(section.get("parent_run_id") or "") or None
+    return parent, {k: str(v) for k, v in tags.items() if v not in (None, "")}
+
+
+def _study_filter(name: str) -> str:
+    return f"tags.`groundiff.kind` = 'study' and tags.`groundiff.study` = '{name}'"
+
+
+def find_study_run(name: str, root: Path | str | None = None) -> str | None:
+    """The id of study `name`'s parent run (the latest if several), or None (none, or tracking off)."""
+    if not enabled():
+        return None
+    try:
+        client = _client(root)
+        found = client.search_runs([_experiment_id(client, root)], filter_string=_study_filter(name),
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+    except Exception as err:  # noqa: BLE001 (tracking never costs work)
+        _warn(f"finding study {name}'s run", err)
+        return None
+    return found[0].info.run_id if found else None
+
+
+def study_run(name: str, root: Path | str | None = None, tags: Mapping[str, Any] | None = None) -> str | None:
+    """Study `name`'s one parent run ("study <name>"), found or created, marked RUNNING; None with tracking
+    off or the store unavailable (then the study's stage runs group as a plain `dvc repro`'s would)."""
+    if not enabled():
+        return None
+    try:
+        client = _client(root)
+        _settle_unfinished(client, root)
+        run_id = find_study_run(name, root)
+        extra = {k: str(v) for k, v in (tags or {}).items()}
+        if run_id is None:
+            sha, dirty = git_commit(root)
+            run_id = client.create_run(
+                _experiment_id(client, root), run_name=f"study {name}",
+                tags={"groundiff.kind": "study", "groundiff.study": name, **_commit_tags(sha, dirty), **extra},
+            ).info.run_id
+        else:
+            client.update_run(run_id, status="RUNNING")
+            StageRun(client, run_id).set_tags(extra)
+    except Exception as err:  # noqa: BLE001 (tracking never costs work)
+        _warn(f"opening study {name}'s run", err)
+        return None
+    return run_id
+
+
+def end_study_run(run_id: str | None, root: Path | str | None = None, metrics: Mapping[str, Any] | None = None,
+                  artifacts: Iterable[Path | str] = (), failed: bool = False) -> None:
+    """Log the study's summary metrics and report files on its parent run, and end it."""
+    if run_id is None or not enabled():
+        return
+    try:
+        client = _client(root)
+    except Exception as err:  # noqa: BLE001 (tracking never costs work)
+        _warn("ending the study's run", err)
+        return
+    run = StageRun(client, run_id)
+    run.log_metrics(metrics or {})
+    for path in artifacts:
+        run.log_artifact(path, artifact_path="study")
+    _close(client, root, run_id, RuntimeError("runs missing") if failed else None)
 
 
 class ParentRunMissing(RuntimeError):
@@ -486,4 +695,7 @@ def _check_parent(client: MlflowClient, run_id: str) -> None:
 __all__ = [
     "NullStageRun", "ParentRunMissing", "StageRun", "TrackingWarning", "artifact_root", "enabled", "flatten_params", "git_commit", "is_number",
     "pipeline_run", "project_root", "stage_run", "tracking_uri",
+    "STUDY_TAGS", "end_study_run", "find_study_run", "study_context", "study_run",
+    "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "VIEW_KEY", "compare_url", "headline_columns", "is_headline",
+    "open_experiment", "refresh_headline_view", "runs_url",
 ]

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from groundiff.data.voc import IGNORE, RealData, read_split, voc_palette
+from groundiff.eval.appearance import Alteration
 from groundiff.figures import MAX_TILE, captioned_grid
 from groundiff.eval.metrics import class_iou, confusion_matrix, zero_shot_scores
 from groundiff.segmenter import DataSource, Segmenter
@@ -45,7 +46,7 @@ PAPER_VARIANTS: dict[str, VariantSpec] = {
     "A": VariantSpec(["one"]),
     "B": VariantSpec(["two"]),
     "C": VariantSpec(["one", "two"]),
-    # real_share chosen on held-out real train images (benchmarks/real_share.py), not on val
+    # real_share chosen on held-out real train images (studies.yaml: real_share), not on val
     "D": VariantSpec(["one", "two"], real="seen", real_share=0.25),
     "E": VariantSpec(["one", "two", "complicated"], real="seen", real_share=0.25),
     "real_seen": VariantSpec([], real="seen"),
@@ -109,8 +110,12 @@ def score_confusion(conf: np.ndarray, split: ClassSplit, background: str = "igno
 
 
 def evaluate(segmenter: Segmenter, root: str | Path, split_name: str, split: ClassSplit,
-             background: str = "ignore", batch_size: int = 64) -> tuple[dict, np.ndarray]:
-    """Score a segmenter on a fully labelled VOC-layout split; returns (scores, confusion matrix)."""
+             background: str = "ignore", batch_size: int = 64,
+             appearance: Alteration | None = None) -> tuple[dict, np.ndarray]:
+    """Score a segmenter on a fully labelled VOC-layout split; returns (scores, confusion matrix).
+
+    appearance: each image altered before it is segmented (`groundiff.eval.appearance`); None: as it is.
+    """
     if tuple(segmenter.classes) != tuple(split.classes):
         raise ValueError(f"the segmenter was trained on classes {list(segmenter.classes)}, but the world's "
                          f"are {list(split.classes)}; retrain it (train_segmenter)")
@@ -130,7 +135,7 @@ def evaluate(segmenter: Segmenter, root: str | Path, split_name: str, split: Cla
         truths.clear()
 
     for _, image, label in read_split(Path(root), split_name):
-        images.append(image)
+        images.append(image if appearance is None else appearance(image, label))
         truths.append(label)
         if len(images) == batch_size:
             flush()
@@ -144,13 +149,15 @@ def missing_variants(models: Path, variants: Sequence[str]) -> list[str]:
 
 
 def score_variants(models: Path, variants: Sequence[str], real: RealData, split: ClassSplit, cfg: EvalZS3Params,
-                   device: str = "cpu") -> tuple[dict[str, dict], dict[str, Segmenter]]:
-    """Each variant's segmenter (from `models/<variant>/`) scored on the real split `cfg.split`:
-    ({variant: scores}, {variant: segmenter})."""
+                   device: str = "cpu", appearance: Alteration | None = None
+                   ) -> tuple[dict[str, dict], dict[str, Segmenter]]:
+    """Each variant's segmenter (from `models/<variant>/`) scored on the real split `cfg.split`, its
+    images altered by `appearance` if given: ({variant: scores}, {variant: segmenter})."""
     results, segmenters = {}, {}
     for name in variants:
         segmenters[name] = Segmenter.from_pretrained(Path(models) / name, device=device)
-        results[name], _ = evaluate(segmenters[name], real.root, cfg.split, split, cfg.background, cfg.batch_size)
+        results[name], _ = evaluate(segmenters[name], real.root, cfg.split, split, cfg.background, cfg.batch_size,
+                                    appearance)
     return results, segmenters
 
 
@@ -171,13 +178,13 @@ def _fmt(value: float | None) -> str:
 
 
 def markdown_table(results: dict[str, dict], split: ClassSplit, background: str = "ignore",
-                   world: str = "shapes") -> str:
+                   world: str = "shapes", scored: str = "val") -> str:
     """Table 2 for this run (rows: variants; seen / unseen / hIoU), the paper's VOC numbers beneath."""
     bg = ("background pixels ignored (ZegFormer's VOC protocol)" if background == "ignore"
           else "background scored as a seen class")
     lines = [
         "# Protocol II: zero-shot semantic segmentation", "",
-        f"MaskFormer variants trained on synthetic (and real) data, scored on the real `val` split of the "
+        f"MaskFormer variants trained on synthetic (and real) data, scored on the real `{scored}` split of the "
         f"`{world}` world; mIoU %, {bg}. Seen: {', '.join(split.seen)}. Unseen: {', '.join(split.unseen)}.", "",
         "| variant | seen | unseen | hIoU |", "|---|---|---|---|",
     ]

@@ -10,7 +10,8 @@ atomically by whoever generates it. So the driver (the stage's process) does onl
     3. submit one task per shard; each task writes its shard and returns nothing but its number.
 
 Models never travel through Dask: tasks get *paths* and each worker process loads the pipeline
-(and grounding module) itself, once, and keeps it for every later task it runs. The shards are
+(and grounding module; and the oracle, from a small picklable loader, when it labels) itself,
+once, and keeps it for every later task it runs. The shards are
 the same bytes as a serial run's, for the same seeds, because each image depends only on its
 own row (prompt, seed) and settings — never on which worker or batch made it. (Bit-identity
 also needs the same float arithmetic: the same device and torch threads per process; Dask's
@@ -30,7 +31,7 @@ Dask is imported only when a cluster is asked for.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,10 @@ from groundiff.method.synthesis import (SynthesisConfig, model_fingerprint, plan
                                          synthesize, write_synthesis_shard)
 from groundiff.core.schema import DistributedConfig
 
+#: synth_dataset's oracle when it labels: (its id, a folder or a name; a picklable `() -> Oracle` loader).
+#: The loader runs on the worker, in its working directory: a LocalCluster's is the stage's; start a
+#: remote `dask worker` in the project folder (the stage's loader reads the world's oracle from there)
+OracleSource = tuple[str, Callable[[], Any]]
 
 
 class ClusterError(ParamsError):
@@ -153,16 +158,26 @@ def _dataset_models(source: str, grounding: str, device: str, split, cfg):
     return pipe, module, _cached("embeddings", key, lambda: dataset_embeddings(pipe, split, cfg))
 
 
-def _check_dataset_task(source: str, grounding: str, device: str, split, cfg) -> None:
+def _oracle(oracle: OracleSource | None):
+    """The oracle a worker labels with (synth_dataset.labels: oracle), loaded once per worker."""
+    if oracle is None:
+        return None
+    oracle_id, load = oracle
+    return _cached("oracle", (oracle_id, _stamp(oracle_id)), load)
+
+
+def _check_dataset_task(source: str, grounding: str, device: str, split, cfg,
+                        oracle: OracleSource | None = None) -> None:
     _dataset_models(source, grounding, device, split, cfg)
+    _oracle(oracle)
 
 
 def _dataset_task(source: str, grounding: str, device: str, split, cfg, rows: pd.DataFrame, root: str,
-                  shard: int) -> int:
+                  shard: int, oracle: OracleSource | None = None) -> int:
     from groundiff.method.synth_dataset import make_shard
 
     pipe, module, embeddings = _dataset_models(source, grounding, device, split, cfg)
-    make_shard(pipe, module, rows, split, cfg, embeddings, Path(root), shard)
+    make_shard(pipe, module, rows, split, cfg, embeddings, Path(root), shard, _oracle(oracle))
     return shard
 
 
@@ -231,19 +246,22 @@ def synthesize_distributed(source: str | Path, table: pd.DataFrame, cfg: Synthes
 
 def synth_dataset_distributed(source: str | Path, grounding: str | Path, split, cfg, root: Path,
                               model_ids: list[str], dist: DistributedConfig | None = None, device: str = "cpu",
-                              shards: list[int] | None = None, client=None, timeout: float = 30.0) -> dict:
+                              shards: list[int] | None = None, client=None, timeout: float = 30.0,
+                              oracle: OracleSource | None = None) -> dict:
     """`synth_dataset.synth_dataset` with each shard made by a Dask worker; the same output and stats.
 
-    source / grounding: the pipeline and the grounding-module folder each worker loads.
+    source / grounding: the pipeline and the grounding-module folder each worker loads; `oracle`
+    (cfg.labels: oracle): the oracle's id and a picklable loader each worker calls once.
     """
-    from groundiff.method.synth_dataset import dataset_stats, plan_dataset
+    from groundiff.method.synth_dataset import check_oracle, dataset_stats, plan_dataset
 
+    check_oracle(cfg, oracle)
     source, grounding, root = _local(source), _local(grounding), Path(root).resolve()
     with _client_for(dist, client, timeout) as c:
-        c.submit(_check_dataset_task, source, grounding, device, split, cfg, pure=False).result()
+        c.submit(_check_dataset_task, source, grounding, device, split, cfg, oracle, pure=False).result()
         table, plan = plan_dataset(split, cfg, root, model_ids, shards)
         _run(c, [(_dataset_task, source, grounding, device, split, cfg, shard_rows(table, cfg.shard_size, s),
-                  str(root), s) for s in plan.todo], "synth_dataset shards")
+                  str(root), s, oracle) for s in plan.todo], "synth_dataset shards")
     return dataset_stats(root, split, plan)
 
 
@@ -266,10 +284,17 @@ def run_synthesize(source: str | Path, table: pd.DataFrame, cfg: SynthesisConfig
 
 
 def run_synth_dataset(source: str | Path, grounding: str | Path, split, cfg, root: Path,
-                      dist: DistributedConfig, device: str = "cpu") -> dict:
+                      dist: DistributedConfig, device: str = "cpu", oracle: OracleSource | None = None) -> dict:
     """The `synth_dataset` stage's work, serially or on a Dask cluster as `run_synthesize`; the
-    pipeline and the grounding module enter the fingerprint by content (retrained: start over)."""
+    pipeline and the grounding module enter the fingerprint by content (retrained: start over).
+
+    oracle: (its id: a folder or a name, its loader: a picklable `() -> Oracle`), exactly when
+    `cfg.labels` is oracle; it then labels the images and enters the fingerprint by content too.
+    """
     model_ids = [model_fingerprint(source), model_fingerprint(grounding)]
+    if oracle is not None:  # by the id as given (a relative folder): the same fingerprint in any checkout
+        model_ids.append(model_fingerprint(oracle[0]))
+        oracle = (_local(oracle[0]), oracle[1])
     if dist.serial:
         from groundiff.diffusion.pipeline import load_pipeline
         from groundiff.method.grounding import GroundingModule
@@ -277,6 +302,7 @@ def run_synth_dataset(source: str | Path, grounding: str | Path, split, cfg, roo
 
         module = GroundingModule.from_pretrained(grounding, device=device)
         pipe = load_pipeline(source, device)
-        return synth_dataset(pipe, module, split, cfg, root, model_ids=model_ids)
+        return synth_dataset(pipe, module, split, cfg, root, model_ids=model_ids,
+                             oracle=None if oracle is None else oracle[1]())
     return synth_dataset_distributed(source, grounding, split, cfg, root, model_ids=model_ids, dist=dist,
-                                     device=device)
+                                     device=device, oracle=oracle)

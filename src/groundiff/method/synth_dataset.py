@@ -3,7 +3,9 @@
 Prompts name classes from the *whole* vocabulary — seen and unseen — and the grounding module
 labels each generated image: a pixel takes the prompted class with the highest probability,
 background where no prompted class is confident (`threshold`), and 255 (ignore) where the best
-class is only half-confident (`ignore_below` <= p < `threshold`; off by default).
+class is only half-confident (`ignore_below` <= p < `threshold`; off by default). With
+`labels: oracle` the world's oracle detector labels the images instead (`groundiff.method.oracle_labels`,
+a study's reference), and each shard counts the pixels on which the two label sets agree.
 
 The output is a PASCAL VOC-layout folder, so the segmenter reads it exactly like real data:
 
@@ -34,8 +36,10 @@ from groundiff.diffusion.capture import FeatureCapture, capture_call_for
 from groundiff.diffusion.features import feature_specs
 from groundiff.diffusion.pipeline import SamplingConfig, generate, image_size
 from groundiff.diffusion.text import class_embeddings
+from groundiff.method.oracle_labels import oracle_label_maps
 from groundiff.method.synthesis import ShardPlan, check_shards, prepare_output, shard_rows
 from groundiff.worlds.base import ClassSplit
+from groundiff.worlds.oracle import Oracle
 from groundiff.core.schema import SynthDatasetConfig
 
 KINDS = ("one", "two", "complicated")
@@ -87,8 +91,11 @@ def label_map(logits: torch.Tensor, labels: list[int], threshold: float, ignore_
 
 
 def _fingerprint(table: pd.DataFrame, cfg: SynthDatasetConfig, model_ids: list[str]) -> str:
-    # where the grounding module lives is not what it is: it enters by content, through model_ids
-    settings = {k: v for k, v in asdict(cfg).items() if k != "grounding_dir"}
+    # where the grounding module lives is not what it is: it enters by content, through model_ids.
+    # The oracle settings enter only when the oracle labels: the grounding module's dataset keeps the
+    # fingerprint (and so the shards) it had before they existed; the oracle's id is then in model_ids
+    skip = {"grounding_dir"} | ({"labels", "oracle_score"} if cfg.labels == "grounding" else set())
+    settings = {k: v for k, v in asdict(cfg).items() if k not in skip}
     payload = json.dumps({"cfg": settings, "models": model_ids, "rows": table[["prompt", "seed"]].values.tolist()},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -174,13 +181,25 @@ def write_split_lists(root: Path) -> dict[str, int]:
     return {k: len(v) for k, v in ids.items()}
 
 
+def check_oracle(cfg: SynthDatasetConfig, oracle: Oracle | None) -> None:
+    """An oracle is passed exactly when `cfg.labels` is oracle."""
+    if (cfg.labels == "oracle") != (oracle is not None):
+        raise ValueError(f"synth_dataset: labels: {cfg.labels} " + ("needs the world's oracle detector; pass it"
+                         if oracle is None else "labels with the grounding module; pass no oracle"))
+
+
 @torch.no_grad()
 def make_shard(pipe, module, rows: pd.DataFrame, split: ClassSplit, cfg: SynthDatasetConfig,
-               embeddings: dict[str, torch.Tensor], root: Path, shard: int) -> dict:
-    """Generate, ground and write one shard; returns its class pixel counts."""
+               embeddings: dict[str, torch.Tensor], root: Path, shard: int, oracle: Oracle | None = None) -> dict:
+    """Generate, ground and write one shard; returns its class pixel counts.
+
+    With `oracle` (cfg.labels: oracle) the written labels are the oracle's on the images as saved
+    (what the segmenter reads), and the marker counts the pixels where they equal the grounding module's.
+    """
+    check_oracle(cfg, oracle)
     call = capture_call_for(cfg.sampling.steps, cfg.capture_t)
     device = next(module.parameters()).device
-    samples, pixels = [], {}
+    samples, pixels, agree, total = [], {}, 0, 0
     for i in range(0, len(rows), cfg.sampling.batch_size):
         chunk = rows.iloc[i:i + cfg.sampling.batch_size]
         with FeatureCapture(pipe.unet, call) as cap:
@@ -194,17 +213,26 @@ def make_shard(pipe, module, rows: pd.DataFrame, split: ClassSplit, cfg: SynthDa
             for k, name in enumerate(sample_names):
                 emb[b, k], mask[b, k] = embeddings[name], True
         logits = module(features, emb, mask)  # (B, K, S, S)
+        labs, image_ids = [], []
         for b, (row, image) in enumerate(zip(chunk.itertuples(index=False), images)):
             k = len(names[b])
-            lab = label_map(logits[b, :k], [split.label(n) for n in names[b]], cfg.threshold, cfg.ignore_below)
-            image_id = f"synth_{int(row.index):06d}"
-            Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95, subsampling=0)
+            labs.append(label_map(logits[b, :k], [split.label(n) for n in names[b]], cfg.threshold, cfg.ignore_below))
+            image_ids.append(f"synth_{int(row.index):06d}")
+            Image.fromarray(image).save(root / "JPEGImages" / f"{image_ids[-1]}.jpg", quality=95, subsampling=0)
+        if oracle is not None:
+            saved = [np.array(Image.open(root / "JPEGImages" / f"{i}.jpg").convert("RGB")) for i in image_ids]
+            grounded, labs = labs, oracle_label_maps(oracle, saved, names, split, cfg.oracle_score)
+            agree += sum(int((g == o).sum()) for g, o in zip(grounded, labs))
+            total += sum(o.size for o in labs)
+        for row, image_id, lab in zip(chunk.itertuples(index=False), image_ids, labs):
             save_label_png(root / "SegmentationClass" / f"{image_id}.png", lab)
             samples.append((image_id, row.kind))
             for value, count in zip(*np.unique(lab, return_counts=True)):
                 pixels[int(value)] = pixels.get(int(value), 0) + int(count)
-    write_text_atomic(root / "shards" / f"shard_{shard:05d}.json",
-                      json.dumps({"samples": samples, "pixels": pixels}))
+    marker = {"samples": samples, "pixels": pixels}
+    if oracle is not None:
+        marker["label_agreement"] = [agree, total]  # pixels where the oracle's label = the grounding module's
+    write_text_atomic(root / "shards" / f"shard_{shard:05d}.json", json.dumps(marker))
     return pixels
 
 
@@ -212,29 +240,37 @@ def dataset_stats(root: Path, split: ClassSplit, plan: ShardPlan) -> dict:
     """Rebuild the split lists from the finished shards and summarise them."""
     counts = write_split_lists(root)
     pixels: dict[int, int] = {}
+    agreement = [0, 0]
     for m in (root / "shards").glob("shard_*.json"):
-        for value, count in json.loads(m.read_text())["pixels"].items():
+        marker = json.loads(m.read_text())
+        for value, count in marker["pixels"].items():
             pixels[int(value)] = pixels.get(int(value), 0) + count
+        agreement = [a + b for a, b in zip(agreement, marker.get("label_agreement", (0, 0)))]
     total = max(sum(pixels.values()), 1)
     names = {0: "background", IGNORE: "ignore", **{split.label(c): c for c in split.classes}}
-    return {
+    stats = {
         "images": counts,
         "shards": plan.n_shards,
         "resumed_shards": plan.resumed,
         "pixel_share": {names[v]: round(c / total, 5) for v, c in sorted(pixels.items())},
     }
+    if agreement[1]:  # labels: oracle: the share of pixels on which the oracle and the grounding module agree
+        stats["label_agreement"] = round(agreement[0] / agreement[1], 5)
+    return stats
 
 
 def synth_dataset(pipe, module, split: ClassSplit, cfg: SynthDatasetConfig, root: Path,
-                  model_ids: list[str], shards: list[int] | None = None) -> dict:
+                  model_ids: list[str], shards: list[int] | None = None, oracle: Oracle | None = None) -> dict:
     """Build (or resume) the dataset under `root`, serially in this process; returns statistics.
 
+    `oracle`: the world's detector, exactly when `cfg.labels` is oracle (its id belongs in `model_ids`).
     `groundiff.method.distributed.synth_dataset_distributed` runs the same plan and `make_shard` on a
     Dask cluster.
     """
     check_models(pipe, module)
+    check_oracle(cfg, oracle)
     embeddings = dataset_embeddings(pipe, split, cfg)
     table, plan = plan_dataset(split, cfg, root, model_ids, shards)
     for s in tqdm(plan.todo, desc="synth_dataset shards", mininterval=5):
-        make_shard(pipe, module, shard_rows(table, cfg.shard_size, s), split, cfg, embeddings, root, s)
+        make_shard(pipe, module, shard_rows(table, cfg.shard_size, s), split, cfg, embeddings, root, s, oracle)
     return dataset_stats(root, split, plan)

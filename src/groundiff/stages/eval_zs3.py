@@ -1,15 +1,19 @@
-"""Stage `eval_zs3`: score every trained segmenter variant on the world's real `val` split
-(`groundiff.eval.zs3`).
+"""Stage `eval_zs3`: score the trained segmenter variants (`eval_zs3.variants`, default all) on a
+real split of the world (`eval_zs3.split`: `val`, the headline, or `dev`, held-out train images on
+which every setting is chosen) (`groundiff.eval.zs3`).
 
 Outputs: `metrics/zs3.json` ({variant: {miou_seen, miou_unseen, hiou, per_class}}, percent),
 `reports/zs3.md` (Table 2 for this run, the paper's VOC numbers beneath, labelled as the paper's)
 and `reports/figures/zs3_predictions.png` (image | truth | each variant, VOC colours).
+`eval_zs3.appearance` other than `real` scores the images made to look generated (the appearance
+study; `groundiff.eval.appearance`); the figure shows them as they are.
 """
 
 from __future__ import annotations
 
 from groundiff.core import paths, tracking
 from groundiff.core.io import write_json
+from groundiff.eval.appearance import alteration
 from groundiff.eval.zs3 import dvc_stage, flat_metrics, markdown_table, missing_variants, score_variants, variants_figure
 from groundiff.stages.common import open_stage, run_stage
 
@@ -23,7 +27,8 @@ def main() -> None:
     params, world = open_stage("eval_zs3")
     cfg = params.section("eval_zs3")
     specs = params.get("train_segmenter.variants")
-    split, real, device = world.split, world.real_data, params.world.device
+    specs = {name: specs[name] for name in (cfg.variants or specs)}
+    split, real, device = world.split, world.scored_data(cfg.split), params.world.device
     missing = missing_variants(MODELS, list(specs))
     if missing:
         raise FileNotFoundError(
@@ -31,10 +36,13 @@ def main() -> None:
             + " && ".join(f"`dvc repro {dvc_stage(v, specs[v])}`" for v in missing)
             + " (or `dvc repro eval_zs3`, which trains whatever is missing first)")
     with tracking.stage_run("eval_zs3", {**params.logged(), "variants": list(specs)}) as run:
-        results, segmenters = score_variants(MODELS, list(specs), real, split, cfg, device)
+        appearance = alteration(cfg.appearance, paths.SYNTH_SEGMENTATION)  # None: the images as they are
+        results, segmenters = score_variants(MODELS, list(specs), real, split, cfg, device, appearance)
         write_json(METRICS, results)
         REPORT.parent.mkdir(parents=True, exist_ok=True)
-        REPORT.write_text(markdown_table(results, split, cfg.background, params.world.name))
+        altered = ("" if appearance is None else f"\nThe scored images were made to look generated: "
+                   f"`{cfg.appearance}` (groundiff.eval.appearance).\n")
+        REPORT.write_text(markdown_table(results, split, cfg.background, params.world.name, cfg.split) + altered)
         variants_figure(segmenters, real, split, cfg, FIGURE)
         run.log_metrics(flat_metrics(results))
         run.log_artifact(REPORT)

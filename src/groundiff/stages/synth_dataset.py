@@ -3,10 +3,12 @@
 
 Resumable (output `persist: true`): finished shards are kept; other params or models start over.
 With `distributed.scheduler` set, the shards are made on a Dask cluster (groundiff.method.distributed).
+With `synth_dataset.labels: oracle` the world's oracle labels the images (the oracle_labels study).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from groundiff.core import paths, tracking
@@ -26,11 +28,15 @@ def main() -> None:
     project_path(cfg.grounding_dir)  # a module folder from params must stay inside the project
     # passed as written (models/grounding), not resolved: it names the module in the output's fingerprint
     grounding = Path(cfg.grounding_dir)
+    oracle = ((world.oracle_id, partial(world.load_oracle, score_threshold=cfg.oracle_score))
+              if cfg.labels == "oracle" else None)
     with tracking.stage_run("synth_dataset", params.logged()) as run:
-        stats = run_synth_dataset(source, grounding, split, cfg, OUT, dist, device)
+        stats = run_synth_dataset(source, grounding, split, cfg, OUT, dist, device, oracle=oracle)
         write_json(METRICS, stats)
         run.log_metrics({f"images_{k}": v for k, v in stats["images"].items()})
         run.log_metrics({f"pixel_share_{k}": v for k, v in stats["pixel_share"].items()})
+        if "label_agreement" in stats:
+            run.log_metrics({"label_agreement": stats["label_agreement"]})
     print(f"synth_dataset: {stats['images']} images under {OUT}")
 
 

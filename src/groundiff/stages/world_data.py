@@ -1,4 +1,5 @@
-"""Stage `world_data`: the world's real labelled data, in VOC layout under `data/<world>/real`.
+"""Stage `world_data`: the world's real labelled data, in VOC layout under `data/<world>/real`, and
+its dev split (held-out train images, every class labelled) under `data/<world>/dev`.
 
 shapes: rendered (VOC layout + COCO JSON). voc: PASCAL VOC 2012 (+ SBD) linked in. coco: COCO
 2017 instances converted to semantic label PNGs. Every later stage reads the same layout.
@@ -18,10 +19,10 @@ PREVIEW = paths.WORLD_DATA_PREVIEW
 def main() -> None:
     params, world = open_stage("world_data")
     world.split  # noqa: B018  (read before the run is logged: shapes' train labels hide its unseen classes)
-    out = paths.real_data(world.name)
-    cfg = params.section("world_data") if world.name == "shapes" else None
+    out, dev = paths.real_data(world.name), paths.dev_data(world.name)
+    cfg = params.section("world_data")
     with tracking.stage_run("world_data", params.logged()) as run:
-        stats = build_real_data(world, cfg, out)
+        stats = build_real_data(world, cfg, out, dev)
         write_json(METRICS, stats)
         PREVIEW.parent.mkdir(parents=True, exist_ok=True)
         preview(out).save(PREVIEW)
@@ -31,7 +32,7 @@ def main() -> None:
         })
         run.log_artifact(PREVIEW)
     print(f"world_data: {stats['train']['images']} train and {stats['val']['images']} val images of the "
-          f"{world.name} world in {out}")
+          f"{world.name} world in {out}, {stats['dev']['images']} held-out dev images in {dev}")
 
 
 if __name__ == "__main__":

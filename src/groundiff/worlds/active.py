@@ -41,6 +41,10 @@ def check(params: Params) -> None:
     except ValueError as err:
         raise ParamsError(f"params.yaml: world_data: {err}") from err
     World(params, record=False).split  # noqa: B018  (the split must exist)
+    variants, scored = params.peek("train_segmenter.variants"), params.peek("eval_zs3.variants")
+    if unknown := [v for v in scored if v not in variants]:
+        raise ParamsError(f"params.yaml: eval_zs3: variants: {unknown} not in train_segmenter.variants "
+                          f"({', '.join(variants)}); list some of those, or [] for all")
 
 
 class World:
@@ -154,4 +158,10 @@ class World:
             return RealData(root, "train", "SegmentationClass", "SegmentationClassFull")
         # voc / coco: every class is labelled on disk; seen-only variants hide the unseen ones at load.
         return RealData(root, "train", "SegmentationClass", "SegmentationClass")
+
+    def scored_data(self, split: str) -> RealData:
+        """Where the real split eval_zs3 scores lives: `val` in the real data, `dev` (held-out train
+        images, every class labelled) in its own folder, so that adding it changed no real-data byte."""
+        root = paths.dev_data(self.name) if split == "dev" else paths.real_data(self.name)
+        return RealData(str(root), split, "SegmentationClass", "SegmentationClass")
 

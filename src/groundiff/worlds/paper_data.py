@@ -7,7 +7,9 @@
   0 = background, 255 = crowd regions), smaller instances painted over larger ones.
 
 Both write ImageSets/Segmentation/{train,val}.txt; `max_train` / `max_val` cut a dry run short.
-`build_paper_world` checks the world is complete, then builds the folder whole or not at all.
+`hold_out_dev` then moves a seeded `n_dev` of the train images into a folder of their own, split
+`dev` (every class labelled, never trained on: the split settings are chosen on, so val never is).
+`build_paper_world` checks the world is complete, then builds both folders whole or not at all.
 """
 
 from __future__ import annotations
@@ -120,13 +122,35 @@ def build_coco(coco_root: Path, out: Path, max_train: int = 0, max_val: int = 0)
     return stats
 
 
-def build_paper_world(world: str, settings: PaperWorldParams, out: Path) -> dict:
-    """voc / coco: the downloaded dataset as `out` (VOC layout); returns image counts per split."""
+def hold_out_dev(real: Path, dev: Path, n_dev: int, seed: int) -> dict:
+    """Move `n_dev` seeded train images of the VOC-layout folder `real` out of its train list into
+    `dev` (VOC layout, split `dev`, images and labels linked); returns the dev split's image count."""
+    train = split_ids(real, "train")
+    if not 0 < n_dev < len(train):
+        raise ValueError(f"world_data: n_dev: {n_dev} held-out images need a train split of more than {n_dev} "
+                         f"images; {real} has {len(train)} (lower n_dev, or raise max_train)")
+    picked = set(np.random.default_rng(np.random.SeedSequence([seed, 3])).choice(len(train), n_dev, replace=False).tolist())
+    held = [i for k, i in enumerate(train) if k in picked]
+    for sub, ext in (("JPEGImages", "jpg"), ("SegmentationClass", "png")):
+        (dev / sub).mkdir(parents=True, exist_ok=True)
+        for image_id in held:
+            _link(real / sub / f"{image_id}.{ext}", dev / sub / f"{image_id}.{ext}")
+    _write_lists(real, {"train": [i for k, i in enumerate(train) if k not in picked]})
+    _write_lists(dev, {"dev": held})
+    return {"images": len(held)}
+
+
+def build_paper_world(world: str, settings: PaperWorldParams, out: Path, dev_out: Path, n_dev: int,
+                      seed: int) -> dict:
+    """voc / coco: the downloaded dataset as `out` (VOC layout) and `n_dev` of its train images held
+    out as `dev_out`; returns image counts per split."""
     require_paper_world(world, settings)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, atomic_dir(dev_out) as dev_tmp:
         if world == "voc":
             sbd = Path(settings.sbd_root) if settings.sbd_root else None
             stats = build_voc(Path(settings.data_root), tmp, sbd, settings.max_train, settings.max_val)
         else:
             stats = build_coco(Path(settings.data_root), tmp, settings.max_train, settings.max_val)
+        stats["dev"] = hold_out_dev(tmp, dev_tmp, n_dev, seed)
+        stats["train"]["images"] -= n_dev
     return stats

@@ -13,16 +13,19 @@ from groundiff.core.schema import WorldDataConfig
 from groundiff.data.voc import read_split, voc_palette
 from groundiff.worlds.active import World
 from groundiff.worlds.paper_data import build_paper_world
-from groundiff.worlds.shapes_data import write_real_dataset
+from groundiff.worlds.shapes_data import write_dev_dataset, write_real_dataset
 
 
-def build_real_data(world: World, cfg: WorldDataConfig | None, out: Path) -> dict:
-    """Write the world's real data as `out`, whole or not at all; returns per-split statistics.
-    shapes: rendered as `cfg` says; voc / coco (`cfg` unused): the dataset params.yaml points at."""
+def build_real_data(world: World, cfg: WorldDataConfig, out: Path, dev_out: Path) -> dict:
+    """Write the world's real data as `out` and its dev split as `dev_out`, each whole or not at all;
+    returns per-split statistics (train, val, dev). shapes: rendered as `cfg` says; voc / coco: the
+    dataset params.yaml points at, `cfg.n_dev` seeded train images held out as dev."""
     if world.is_paper:
-        return build_paper_world(world.name, world.paper, out)
+        return build_paper_world(world.name, world.paper, out, dev_out, cfg.n_dev, cfg.seed)
     with atomic_dir(out) as tmp:
         stats = write_real_dataset(tmp, world.split, cfg)
+    with atomic_dir(dev_out) as tmp:
+        stats["dev"] = write_dev_dataset(tmp, world.split, cfg)
     return stats
 
 
