@@ -83,6 +83,13 @@ def test_a_stage_that_logs_a_headline_metric_puts_it_in_the_saved_view(root: Pat
         *[f"tags.`{t}`" for t in tracking.VIEW_TAGS]]
 
 
+def test_a_study_s_means_join_the_saved_view_when_it_ends(root: Path) -> None:
+    run_id = tracking.study_run("seeds")
+    tracking.end_study_run(run_id, metrics={"C.hiou_mean": 60.1, "C.hiou_sd": 1.2})
+    client, experiment_id = tracking.open_experiment()
+    assert "metrics.`C.hiou_mean`" in view_columns(client, experiment_id)
+
+
 def test_headline_columns_read_hiou_first_then_protocol_one_then_seen_and_unseen() -> None:
     keys = ["loss", "D.miou_seen", "C.hiou", "real_all.hiou", "C.hiou_mean", "ours_two_seen", "ours_one_seen",
             "ours_norm_batch_one_seen", "C.miou_unseen", "lr=0.1/C.hiou_mean", "C.iou_star"]

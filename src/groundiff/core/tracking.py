@@ -668,6 +668,10 @@ def end_study_run(run_id: str | None, root: Path | str | None = None, metrics: M
         return
     run = StageRun(client, run_id)
     run.log_metrics(metrics or {})
+    try:  # the study means (`C.hiou_mean`) become columns of the "Headline metrics" view now
+        refresh_headline_view(client, client.get_run(run_id).info.experiment_id)
+    except Exception as err:  # noqa: BLE001 (tracking never costs work)
+        _warn("refreshing the headline view", err)
     for path in artifacts:
         run.log_artifact(path, artifact_path="study")
     _close(client, root, run_id, RuntimeError("runs missing") if failed else None)
