@@ -217,8 +217,8 @@ def test_metric_names_are_the_stages_own() -> None:
 
     zs3 = json.loads((ROOT / "metrics/zs3.json").read_text())
     protocol1 = json.loads((ROOT / "metrics/protocol1.json").read_text())
-    assert mlflow_import.zs3_names(zs3) == zs3_flat(zs3)
-    assert mlflow_import.protocol1_names(protocol1) == protocol1_flat(protocol1)
+    assert mlflow_import._metric_names(Path("metrics/zs3.json"), zs3) == zs3_flat(zs3)
+    assert mlflow_import._metric_names(Path("metrics/protocol1.json"), protocol1) == protocol1_flat(protocol1)
 
 
 def test_the_cli_prints_how_to_open_the_ui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from groundiff.core import paths, tracking
+from groundiff.eval.metric_names import protocol1_metric_names, zs3_metric_names
 
 SOURCE_TAG, SHIPPED = "groundiff.source", "shipped"
 FINGERPRINT_TAG = "groundiff.shipped_fingerprint"
@@ -100,25 +101,9 @@ def _metric_name(key: str) -> str:
     return re.sub(r"[^\w\-. :/]", "_", key)
 
 
-def zs3_names(results: dict[str, Any]) -> dict[str, float]:
-    """metrics/zs3.json as eval_zs3 logs it (groundiff.eval.zs3.flat_metrics: `C.hiou`, `C.iou_star`);
-    written out here because importing eval.zs3 loads torch and transformers (~15 s). A test holds the
-    two equal."""
-    flat = {f"{v}.{k}": x for v, r in results.items() for k, x in r.items() if k != "per_class" and x is not None}
-    flat.update({f"{v}.iou_{c}": x for v, r in results.items() for c, x in (r.get("per_class") or {}).items()
-                 if x is not None})
-    return flat
-
-
-def protocol1_names(metrics: dict[str, Any]) -> dict[str, float]:
-    """metrics/protocol1.json as eval_grounding logs it (groundiff.eval.protocol1.flat_metrics:
-    `ours_one_seen`); written out here for the same reason."""
-    return {f"{m}_{c}": v for m, row in metrics.items() for c, v in row.items() if v is not None}
-
-
 def _metric_names(path: Path, data: Any) -> dict[str, float]:
     """The file's metrics under the names its stage logs them to MLflow."""
-    flat = {"zs3.json": zs3_names, "protocol1.json": protocol1_names}.get(path.name, _numbers)(data)
+    flat = {"zs3.json": zs3_metric_names, "protocol1.json": protocol1_metric_names}.get(path.name, _numbers)(data)
     return {_metric_name(k): float(v) for k, v in flat.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 

@@ -61,6 +61,7 @@ from groundiff.diffusion.daam import DAAMTrace
 from groundiff.diffusion.pipeline import SamplingConfig, generate, image_size
 from groundiff.diffusion.text import class_embeddings
 from groundiff.figures import captioned_grid, overlay
+from groundiff.eval.metric_names import protocol1_metric_names as flat_metrics
 from groundiff.eval.metrics import mean_iou, pairwise_iou
 from groundiff.worlds.base import ClassSplit
 from groundiff.core.schema import EvalConfig
@@ -358,11 +359,6 @@ def evaluate(pipe, oracle, model, table: pd.DataFrame, split: ClassSplit, cfg: E
 
 
 # --- 3. reports -------------------------------------------------------------------------------
-
-
-def flat_metrics(metrics: dict[str, dict[str, float | None]]) -> dict[str, float]:
-    """{"ours_one_unseen": 71.2, ...} for MLflow; categories with no scored pair are left out."""
-    return {f"{m}_{c}": v for m, row in metrics.items() for c, v in row.items() if v is not None}
 
 
 def markdown_report(result: Protocol1Result, cfg: EvalConfig, setting: str = "") -> str:

@@ -36,6 +36,7 @@ import numpy as np
 from groundiff.data.voc import IGNORE, RealData, read_split, voc_palette
 from groundiff.eval.appearance import Alteration
 from groundiff.figures import MAX_TILE, captioned_grid
+from groundiff.eval.metric_names import zs3_metric_names as flat_metrics
 from groundiff.eval.metrics import class_iou, confusion_matrix, zero_shot_scores
 from groundiff.segmenter import DataSource, Segmenter
 from groundiff.worlds.base import ClassSplit
@@ -159,15 +160,6 @@ def score_variants(models: Path, variants: Sequence[str], real: RealData, split:
         results[name], _ = evaluate(segmenters[name], real.root, cfg.split, split, cfg.background, cfg.batch_size,
                                     appearance)
     return results, segmenters
-
-
-def flat_metrics(results: dict[str, dict]) -> dict[str, float]:
-    """{"C.hiou": 61.2, "C.iou_star": 70.1, ...} for MLflow; classes without an IoU are left out."""
-    flat = {f"{name}.{key}": value for name, r in results.items() for key, value in r.items()
-            if key != "per_class" and value is not None}
-    flat.update({f"{name}.iou_{c}": v for name, r in results.items() for c, v in r["per_class"].items()
-                 if v is not None and np.isfinite(v)})
-    return flat
 
 
 # --------------------------------------------------------------------------- reporting
