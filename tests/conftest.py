@@ -87,3 +87,12 @@ def stop_process_group(proc, timeout: float) -> None:
             proc.wait(timeout=timeout)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a server a test starts."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, stop_process_group, tracking_project
+from conftest import ROOT, free_port, stop_process_group, tracking_project
 from groundiff.core import tracking
 from test_mlflow_import import SEED_HIOU, client_for, seed_study, shipped_checkout
 
@@ -111,12 +110,6 @@ class Served:
     log: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A checkout with the shipped Protocol I/II metrics and a three-seed study, imported, served by
@@ -135,7 +128,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                                          "tags.`groundiff.seed` != ''")
     seed_runs = dict(sorted((int(r.data.tags["groundiff.seed"]), r.info.run_id) for r in seeds))
     (study,) = client_for(root).search_runs([result.experiment_id], "tags.`groundiff.kind` = 'shipped_study'")
-    port, log = _free_port(), root / "mlflow_ui.log"
+    port, log = free_port(), root / "mlflow_ui.log"
     cmd = ["timeout", str(SERVER_LIFETIME_S), str(Path(sys.executable).parent / "mlflow"), "ui",
            "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--default-artifact-root", str(root / "mlruns"),
            "--host", "127.0.0.1", "--port", str(port)]

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import free_port
 from groundiff.data.shards import read_shard, write_shard
 
 SERVER_LIFETIME_S = 600  # moto's server ends by itself after this, even if pytest is killed
@@ -62,18 +62,12 @@ class S3Api:
         return int(page.get("KeyCount", 0))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Api]:
     """moto's S3 server on 127.0.0.1 with one bucket and one IAM user allowed on it; auth on."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     moto_server = Path(sys.executable).parent / "moto_server"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -34,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, stop_process_group, tiny_params, write_params
+from conftest import ROOT, free_port, stop_process_group, tiny_params, write_params
 from flows.lanes import stage_graph
 from flows.lock import LOCK_FILE, project_lock
 
@@ -56,12 +55,6 @@ FAST_PREFECT = {
     "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
     "PREFECT_LOGGING_LEVEL": "INFO",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env(home: Path, api: str | None = None, tracking: bool = True) -> dict[str, str]:
@@ -140,7 +133,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, logs: Callable
 def prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect]:
     """`prefect server start` on a free 127.0.0.1 port, PREFECT_HOME in tmp; stopped after the module."""
     home = tmp_path_factory.mktemp("prefect_home")
-    port = _free_port()
+    port = free_port()
     server = Prefect(f"http://127.0.0.1:{port}/api", home, home / "server.log")
     prefect_exe = Path(sys.executable).parent / "prefect"
     env = {**_env(home), "PREFECT_SERVER_UI_API_URL": server.api}  # the UI's pages call this port, not 4200
