@@ -13,7 +13,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -266,7 +265,6 @@ def test_mlflow_holds_every_stage_run_tagged_under_one_study_parent(study_repo, 
 @pytest.mark.slow
 def test_running_the_study_again_queues_nothing(study_repo, ran):
     lines: list[str] = []
-    start = time.monotonic()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GROUNDIFF_TRACKING", "1")
         again = run_study("tiny", study_repo, jobs=2, poll_s=2, echo=lines.append)
@@ -274,7 +272,6 @@ def test_running_the_study_again_queues_nothing(study_repo, ran):
     assert not any(line.startswith("queued ") for line in lines)
     assert again["runs"] == ran["result"]["runs"]
     assert again["mlflow"]["parent_run_id"] == ran["result"]["mlflow"]["parent_run_id"]
-    assert time.monotonic() - start < 60
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ class DvcStage:
     extra: dict = field(default_factory=dict)
 
 
-def _part(node: dict[str, Any], part: str) -> Any:
+def typed_key(node: dict[str, Any], part: str) -> Any:
     """One part of a dotted key as the mapping's keys are typed: split numbers are int keys in params.yaml."""
     if part not in node and part.lstrip("-").isdigit() and int(part) in node:
         return int(part)
@@ -40,7 +40,7 @@ def lookup(data: dict[str, Any], key: str) -> Any:
     mapping; KeyError(key) when a part is missing."""
     value: Any = data
     for part in key.split("."):
-        if not isinstance(value, dict) or (hit := _part(value, part)) not in value:
+        if not isinstance(value, dict) or (hit := typed_key(value, part)) not in value:
             raise KeyError(key)
         value = value[hit]
     return value
@@ -53,7 +53,7 @@ def assign(data: dict[str, Any], key: str, value: Any) -> None:
     node = lookup(data, ".".join(parents)) if parents else data
     if not isinstance(node, dict):
         raise KeyError(key)
-    node[_part(node, last)] = value
+    node[typed_key(node, last)] = value
 
 
 def _template(key: str, context: dict[str, Any]) -> Any:

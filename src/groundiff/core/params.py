@@ -26,6 +26,7 @@ from groundiff.core import schema
 T = TypeVar("T")
 
 
+from groundiff.core.dvcfile import typed_key
 from groundiff.core.errors import ParamsError
 
 
@@ -133,6 +134,7 @@ SECTIONS: dict[str, type] = {
     "world_detector": schema.DetectorConfig,
     "world_diffusion": schema.WorldDiffusionParams,
     "world_fidelity": schema.WorldFidelityParams,
+    "world_binding": schema.BindingConfig,
     "prompts": schema.PromptConfig,
     "synthesize": schema.SynthesisConfig,
     "distributed": schema.DistributedConfig,
@@ -264,8 +266,8 @@ class Params:
         for i, part in enumerate(rest):
             if dataclasses.is_dataclass(value) and part in {f.name for f in dataclasses.fields(value)}:
                 value = getattr(value, part)
-            elif isinstance(value, dict) and _dict_key(value, part) in value:
-                value = value[_dict_key(value, part)]
+            elif isinstance(value, dict) and typed_key(value, part) in value:
+                value = value[typed_key(value, part)]
             else:
                 where = ".".join([name, *rest[:i]])
                 keys = ([f.name for f in dataclasses.fields(value)] if dataclasses.is_dataclass(value)
@@ -300,13 +302,6 @@ class Params:
                 f"list in its params (it lists: {', '.join(self.declared) or 'none'}); declare them there so "
                 "that changing them reruns the stage"
             )
-
-
-def _dict_key(mapping: dict, part: str) -> Any:
-    """`part` as the mapping's keys are typed (split numbers are ints)."""
-    if part not in mapping and part.lstrip("-").isdigit() and int(part) in mapping:
-        return int(part)
-    return part
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
