@@ -22,8 +22,8 @@ from groundiff.cli import main as cli_main
 from groundiff.worlds.paper_data import build_coco, build_voc
 from groundiff.data.voc import IGNORE, load_label_png, read_split, save_label_png
 from groundiff.stages import (eval_grounding, eval_zs3, prompts, pseudo_label, report, synth_dataset, synthesize,
-                              train_grounding, train_segmenter, world_data, world_detector, world_diffusion,
-                              world_fidelity, world_setup)
+                              train_grounding, train_segmenter, world_binding, world_data, world_detector,
+                              world_diffusion, world_fidelity, world_setup)
 from groundiff.core.params import Params
 from groundiff.worlds.active import World
 from groundiff.worlds.paper import COCO_CLASSES, VOC_CLASSES
@@ -158,6 +158,8 @@ TINY = {
     "eval_grounding.oracle_score_threshold": 0.0,
     "world_fidelity.prompts.one_per_class": 1, "world_fidelity.prompts.two_object": 2,
     "world_fidelity.sampling.steps": 2, "world_fidelity.sampling.batch_size": 8,
+    "world_binding.per_class": 1, "world_binding.sampling.steps": 2, "world_binding.sampling.batch_size": 8,
+    "world_binding.oracle_score_threshold": 0.0,
     "synth_dataset.n_one": 2, "synth_dataset.n_two": 2, "synth_dataset.n_complicated": 1,
     "synth_dataset.sampling.steps": 2, "synth_dataset.sampling.batch_size": 3, "synth_dataset.shard_size": 4,
     "train_segmenter.segmenter.backbone": "", "train_segmenter.segmenter.backbone_widths": [8, 16],
@@ -224,6 +226,10 @@ def test_every_stage_runs_on_the_paper_world(project, world):
     assert set(detector["classes"]) == set(split.classes)
     world_fidelity.main()
     assert json.loads(Path("metrics/world_fidelity.json").read_text())["images"] == len(split.classes) + 2
+    world_binding.main()  # SD's multi-token class words ("potted plant") and every cross-attention layer
+    binding = json.loads(Path("metrics/world_binding.json").read_text())
+    assert binding["images"] == len(split.classes) and binding["n_layers"] > 0
+    assert -1 <= binding["class_word_cosine_mean"] <= 1
 
     prompts.main()
     synthesize.main()

@@ -87,6 +87,7 @@ SEGMENTER_METRICS = METRICS / "train_segmenter"  # <variant>.json and <variant>_
 PROTOCOL1_DETAILS = METRICS / "protocol1_details.json"
 WORLD_FIDELITY_TABLE = REPORTS / "world_fidelity.md"
 WORLD_FIDELITY_GRID = FIGURES / "world_fidelity_samples.png"
+WORLD_BINDING_REPORT = REPORTS / "world_binding.md"
 WORLD_DATA_PREVIEW = FIGURES / "world_data_val.png"
 PROTOCOL1_TABLE = REPORTS / "protocol1.md"
 PROTOCOL1_GRID = FIGURES / "protocol1_overlays.png"

@@ -214,8 +214,29 @@ class DiffusionConfig:
     finetune_lr: float = 4e-4
     finetune_snr_gamma: float = 0.0  # Min-SNR-gamma loss weight min(SNR, gamma) / SNR; 0 = plain MSE
     finetune_batch_size: int = 0  # 0 = batch_size; a GPU is launch-bound here, so larger batches are ~free
+    # Text encoder: joint (world v1: trained with the UNet) | clip (world v2: a mini-CLIP pretrained on
+    # the renderer's (image, caption) pairs, then frozen while the UNet trains, as SD's CLIP is)
+    text_encoder: str = "joint"
+    clip_steps: int = 1500
+    clip_batch_size: int = 128
+    clip_lr: float = 1e-3
+    clip_token_weight: float = 1.0  # FILIP's token-wise loss beside CLIP's pooled one; 0 = CLIP alone
+    # Warm start: the VAE and the UNet (all but the cross-attention's key, value and output projections,
+    # re-initialised to learn the new text encoder) from this pipeline folder; "" = from scratch
+    init_pipeline: str = ""
 
     def __post_init__(self) -> None:
+        if self.text_encoder not in ("joint", "clip"):
+            raise ValueError(f"text_encoder must be joint (trained with the UNet) or clip (pretrained, frozen), "
+                             f"got {self.text_encoder!r}")
+        if self.text_encoder == "clip" and (self.clip_steps <= 0 or self.clip_batch_size < 2 or self.clip_lr <= 0
+                                            or self.clip_token_weight < 0):
+            raise ValueError("text_encoder clip needs clip_steps > 0, clip_batch_size >= 2 (a contrastive batch), "
+                             f"clip_lr > 0 and clip_token_weight >= 0, got {self.clip_steps}, "
+                             f"{self.clip_batch_size}, {self.clip_lr}, {self.clip_token_weight}")
+        if self.init_pipeline and self.text_encoder != "clip":
+            raise ValueError("init_pipeline (a warm start with re-initialised cross-attention) is for a new, "
+                             "frozen text encoder: set text_encoder: clip, or init_pipeline: ''")
         for name in ("vae_steps", "steps", "batch_size", "vae_batch_size", "image_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -295,6 +316,27 @@ class FidelityConfig:
 class WorldFidelityParams:
     prompts: FidelityConfig = field(default_factory=FidelityConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass(frozen=True)
+class BindingConfig:
+    """Stage world_binding: how `worlds.binding.attention_binding` samples and scores its one-object images."""
+
+    template: str = "a photograph of a {}"  # one-object prompt; also the cosine's template
+    per_class: int = 2  # images per class, each with its own seed
+    seed: int = 2026  # the images' own seed stream (not the training prompts', not Protocol I's)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # DDIM 25 steps, guidance 4, fp32
+    daam_threshold: float = 0.4  # DAAM's mask: normalised heat map > this (as eval_grounding's)
+    oracle_score_threshold: float = 0.05  # the class is found from this detector score on (as eval_grounding's)
+
+    def __post_init__(self) -> None:
+        if self.per_class <= 0:
+            raise ValueError(f"per_class must be a positive number of images, got {self.per_class}")
+        if self.template.count("{}") != 1:
+            raise ValueError(f"template needs exactly one '{{}}' for the class name, got {self.template!r}")
+        for name in ("daam_threshold", "oracle_score_threshold"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 # ------------------------------ the paper's method ------------------------------------------

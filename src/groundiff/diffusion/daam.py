@@ -60,24 +60,25 @@ def _layer_stride(name: str, levels: int) -> int:
 class DAAMTrace:
     """Context manager tracing cross-attention over a whole generation (all steps)."""
 
-    def __init__(self, pipe) -> None:
+    def __init__(self, pipe, all_layers: bool = False) -> None:
+        """all_layers: also record the cross-attention layers DAAM skips (the lowest resolution and
+        the mid block), for `layer_maps`; DAAM's own maps (`token_maps`, `heat_maps`) never use them."""
         self.pipe = pipe
         self.unet = pipe.unet
         self.store: dict[str, torch.Tensor] = {}
         self._original: dict | None = None
         levels = len(self.unet.config.block_out_channels)
         self.lowest = 2 ** (levels - 1)
-        self.layers = [
-            name for name in self.unet.attn_processors
-            if name.endswith("attn2.processor") and _layer_stride(name, levels) < self.lowest
-        ]
-        self.heads = {name: self.unet.get_submodule(name.rsplit(".", 1)[0]).heads for name in self.layers}
+        cross = [name for name in self.unet.attn_processors if name.endswith("attn2.processor")]
+        self.layers = [name for name in cross if _layer_stride(name, levels) < self.lowest]  # DAAM's
+        self.recorded = cross if all_layers else list(self.layers)
+        self.heads = {name: self.unet.get_submodule(name.rsplit(".", 1)[0]).heads for name in self.recorded}
 
     def __enter__(self) -> "DAAMTrace":
         self.store.clear()
         self._original = dict(self.unet.attn_processors)
         wrapped = {
-            name: _CrossAttentionRecorder(proc, name, self.store) if name in self.layers else proc
+            name: _CrossAttentionRecorder(proc, name, self.store) if name in self.recorded else proc
             for name, proc in self._original.items()
         }
         self.unet.set_attn_processor(wrapped)
@@ -95,16 +96,44 @@ class DAAMTrace:
             raise RuntimeError(
                 "No heat maps found. Did you forget to run generation inside `with DAAMTrace(pipe):`?"
             )
-        size = self.unet.config.sample_size
         total = None
         for name in self.layers:
-            maps = self.store[name]  # (B, hw, T), summed over steps and heads
-            side = int(round(maps.shape[1] ** 0.5))
-            maps = maps.transpose(1, 2).reshape(maps.shape[0], maps.shape[2], side, side)
-            maps = F.interpolate(maps, size=(size, size), mode="bicubic", align_corners=False).clamp_min(0)
-            maps = maps / self.heads[name]
+            maps = self._layer_token_maps(name)
             total = maps if total is None else total + maps
         return total / len(self.layers)
+
+    def _layer_token_maps(self, name: str) -> torch.Tensor:
+        """(B, T, L, L): one layer's per-token maps, upsampled bicubically to the latent size L,
+        clamped at 0, averaged over heads (still summed over steps)."""
+        size = self.unet.config.sample_size
+        maps = self.store[name]  # (B, hw, T), summed over steps and heads
+        side = int(round(maps.shape[1] ** 0.5))
+        maps = maps.transpose(1, 2).reshape(maps.shape[0], maps.shape[2], side, side)
+        maps = F.interpolate(maps, size=(size, size), mode="bicubic", align_corners=False).clamp_min(0)
+        return maps / self.heads[name]
+
+    @torch.no_grad()
+    def layer_maps(self, prompts: Sequence[str], words: Sequence[Sequence[str]],
+                   image_size: int) -> list[dict[str, torch.Tensor]]:
+        """For sample i, {layer: (len(words[i]), image_size, image_size)}: every recorded layer's word
+        maps on their own, upsampled as DAAM's average is (bicubic to the latent size, clamped at 0,
+        mean over heads and sub-tokens, bicubic to the image), summed over steps, NOT normalised."""
+        if not self.store:
+            raise RuntimeError(
+                "No heat maps found. Did you forget to run generation inside `with DAAMTrace(pipe):`?"
+            )
+        out: list[dict[str, torch.Tensor]] = [{} for _ in prompts]
+        positions = [[token_positions(self.pipe.tokenizer, prompt, name) for name in names]
+                     for prompt, names in zip(prompts, words)]
+        for layer in self.recorded:
+            tokens = self._layer_token_maps(layer)  # (B, T, L, L)
+            if tokens.shape[0] != len(prompts):
+                raise ValueError(f"traced {tokens.shape[0]} images but got {len(prompts)} prompts")
+            for i, pos in enumerate(positions):
+                maps = torch.stack([tokens[i, p].mean(0) for p in pos])[:, None]  # (K, 1, L, L)
+                out[i][layer] = F.interpolate(maps, size=(image_size, image_size), mode="bicubic",
+                                              align_corners=False)[:, 0]
+        return out
 
     @torch.no_grad()
     def heat_maps(self, prompts: Sequence[str], words: Sequence[Sequence[str]], image_size: int) -> list[torch.Tensor]:

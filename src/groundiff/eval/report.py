@@ -27,6 +27,7 @@ from groundiff.core.schema import ShapesParams
 from groundiff.eval.protocol1 import CATEGORIES as P1_KEYS
 from groundiff.eval.protocol1 import CATEGORY_LABELS, PAPER_PASCAL_SIM
 from groundiff.eval.zs3 import PAPER_TABLE2_VOC
+from groundiff.worlds.bars import BINDING_BARS, DETECTOR_BAR, FIDELITY_BARS
 
 P1_HEAD = tuple(CATEGORY_LABELS[c] for c in P1_KEYS)
 #: The paper's Protocol I rows (PASCAL-sim, average of 3 splits), in table order.
@@ -42,8 +43,6 @@ P1_TARGETS: dict[str, tuple[str, float]] = {"one_seen": ("abs", 85.0), "one_unse
 P2_REFERENCE = "real_all"
 P2_TARGETS: dict[str, float] = {"C": 0.80, "D": 0.90}
 #: Bars of the world models (worlds/fidelity.py, the world-models issue).
-FIDELITY_BARS = {"one_object_recall": 0.85, "two_object_both_recall": 0.60}
-DETECTOR_BAR = 0.9  # mask AP@0.5 on rendered val
 
 README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
 _README_BLOCK = re.compile(re.escape(README_BEGIN) + r"\n.*?" + re.escape(README_END), re.S)
@@ -192,10 +191,11 @@ def protocol2_section(metrics: dict | None, how_to_run: Callable[[str], str] = _
 
 
 def world_lines(root: Path) -> list[str]:
-    """The world models' quality against their bars, from world_detector / world_fidelity metrics."""
+    """The world models' quality against their bars, from world_detector / world_fidelity / world_binding metrics."""
     lines = []
     detector = _load(root / paths.metrics("world_detector"))
     fidelity = _load(root / paths.metrics("world_fidelity"))
+    binding = _load(root / paths.metrics("world_binding"))
     if detector and "mask_ap50" in detector:
         lines.append(f"- oracle detector: mask AP@0.5 {detector['mask_ap50']:.3f} on rendered val "
                      f"(bar {DETECTOR_BAR})")
@@ -204,6 +204,13 @@ def world_lines(root: Path) -> list[str]:
                      f"of one-object images (bar {100 * FIDELITY_BARS['one_object_recall']:.0f}%), both classes "
                      f"in {100 * fidelity['two_object_both_recall']:.1f}% of two-object images "
                      f"(bar {100 * FIDELITY_BARS['two_object_both_recall']:.0f}%)")
+    if binding and "class_word_cosine_mean" in binding:
+        daam = "—" if binding["daam_miou"] is None else f"{binding['daam_miou']:.1f}"
+        lines.append(f"- word binding: class-word states' pairwise cosine {binding['class_word_cosine_mean']:.3f} "
+                     f"(bar ≤ {BINDING_BARS['class_word_cosine_mean_at_most']}), DAAM {daam} mIoU on one-object "
+                     f"images (bar ≥ {BINDING_BARS['daam_miou_at_least']:g}), class word attended more inside the "
+                     f"object than outside in {binding['layers_inside_gt_outside']} of {binding['n_layers']} "
+                     f"cross-attention layers (bar: most)")
     return lines
 
 

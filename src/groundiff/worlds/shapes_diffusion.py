@@ -314,7 +314,8 @@ def _tokenize(tokenizer, captions: list[str], device: str) -> torch.Tensor:
 
 def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_dir: Path,
                scaling_factor: float, cycle: Cycle, on_log: Callable[[dict], None] | None = None) -> dict:
-    """One UNet cycle: UNet and text encoder jointly, epsilon-prediction MSE, EMA of both.
+    """One UNet cycle: epsilon-prediction MSE, EMA of what trains. The text encoder trains with the
+    UNet (`text_encoder: joint`) or stays frozen (`clip`: pretrained by `shapes_text`).
 
     Cycle 2 starts from cycle 1's EMA weights (`unet_cycle1.safetensors`) with a fresh optimizer.
     At the end the EMA weights are loaded into the models and saved as the cycle's weights.
@@ -330,19 +331,24 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
         return {f"{cycle.name}_steps": cycle.steps, "final_loss": _mean_tail(log_path)}
     if cycle.name != "cycle1":
         load_training_state(work_dir / cycles(cfg)[0].weights, models, {})
+    joint = cfg.text_encoder == "joint"
     unet.to(dev).train()
-    text_encoder.to(dev).train()
+    text_encoder.to(dev).train(joint).requires_grad_(joint)
     vae.to(dev).eval().requires_grad_(False)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if joint else [])
     opt = torch.optim.AdamW(params, lr=cycle.lr, weight_decay=cfg.weight_decay)
-    ema_unet, ema_text = EMA(unet, cfg.ema_decay), EMA(text_encoder, cfg.ema_decay)
+    ema_unet = EMA(unet, cfg.ema_decay)
+    ema = {"ema_unet": ema_unet.shadow}
+    if joint:
+        ema_text = EMA(text_encoder, cfg.ema_decay)
+        ema["ema_text"] = ema_text.shadow
     seen = [0]  # images this call, for the rate
 
     def report(m: dict) -> None:  # curves over both cycles share one step axis
         on_log({"unet_loss": m["loss"], "images_per_s": seen[0] / m["seconds"],
                 "step": m["step"] + _offset(cfg, cycle)})
 
-    loop = TrainingLoop(work_dir, fp, cycle.steps, {**models, "ema_unet": ema_unet.shadow, "ema_text": ema_text.shadow},
+    loop = TrainingLoop(work_dir, fp, cycle.steps, {**models, **ema},
                         {"main": opt}, log_every=opts.log_every, checkpoint_every=opts.checkpoint_every,
                         desc=f"unet {cycle.name}", on_log=on_log and report, prefix=cycle.prefix)
     start = loop.resume()
@@ -361,8 +367,9 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
         a = alphas[timesteps].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         ids = _tokenize(tokenizer, captions, dev)
-        with _autocast(opts):
+        with _autocast(opts), torch.set_grad_enabled(joint):
             hidden = text_encoder(ids).last_hidden_state
+        with _autocast(opts):
             pred = unet(noisy, timesteps, hidden).sample
         per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * min_snr_weights(alphas[timesteps], cycle.snr_gamma)).mean()
@@ -371,7 +378,8 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema_unet.update(unet)
-        ema_text.update(text_encoder)
+        if joint:
+            ema_text.update(text_encoder)
         seen[0] += latents.shape[0]
         # The logged loss is the plain MSE in every cycle, so the curves stay comparable.
         return {"loss": per_sample.mean().item(), "lr": opt.param_groups[0]["lr"]}
@@ -379,7 +387,8 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
     loop.run(step)
     # The cycle's result is its EMA weights.
     unet.load_state_dict(ema_unet.shadow)
-    text_encoder.load_state_dict(ema_text.shadow)
+    if joint:
+        text_encoder.load_state_dict(ema_text.shadow)
     unet.eval()
     text_encoder.eval()
     loop.finish(done, models)
@@ -474,6 +483,44 @@ def seed_first_cycle(pipeline_dir: Path, cfg: DiffusionConfig, work_dir: Path,
         losslog.append_rows(work_dir / cycles(cfg)[0].log, loss_rows)
 
 
+def _load_pretrained(folder: Path, name: str, cls, target: torch.nn.Module) -> torch.nn.Module:
+    """`folder/name` loaded with `cls`, checked to have `target`'s architecture."""
+    try:
+        loaded = cls.from_pretrained(folder / name)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"init_pipeline {folder}: no loadable {name} ({err})") from err
+    want = {k: v.shape for k, v in target.state_dict().items()}
+    if want != {k: v.shape for k, v in loaded.state_dict().items()}:
+        raise ValueError(f"init_pipeline {folder}/{name} does not have the architecture world_diffusion.model "
+                         "describes: a warm start needs the same VAE and UNet sizes")
+    return loaded
+
+
+def warm_start(components: dict, cfg: DiffusionConfig) -> None:
+    """Load `cfg.init_pipeline`'s VAE and UNet into the components; then re-initialise (seeded) every
+    cross-attention's key and value projections and zero its output weight, so the UNet starts as the
+    old model without its text pathway and learns to read the new, frozen text encoder from scratch."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    folder = Path(cfg.init_pipeline)
+    for name, cls in (("vae", AutoencoderKL), ("unet", UNet2DConditionModel)):
+        components[name].load_state_dict(_load_pretrained(folder, name, cls, components[name]).state_dict())
+    torch.manual_seed(cfg.seed + 29)
+    for module_name, module in components["unet"].named_modules():
+        if module_name.endswith("attn2"):
+            module.to_k.reset_parameters()
+            module.to_v.reset_parameters()
+            torch.nn.init.zeros_(module.to_out[0].weight)
+
+
+def _clip_batches(cfg: DiffusionConfig) -> Callable[[int, int], tuple[torch.Tensor, list[str]]]:
+    """The mini-CLIP's data: data stream 4, every caption naming the scene (no caption dropout)."""
+    from dataclasses import replace
+
+    named = replace(cfg, uncond_prob=0.0)
+    return lambda step, batch_size: render_batch(named, step, batch_size, stream=4)
+
+
 def train_diffusion(cfg: DiffusionConfig, opts: RunOptions, out_dir: Path, work_dir: Path,
                     on_log: Callable[[dict], None] | None = None) -> dict:
     """Train the world's diffusion model (resuming from `work_dir`) and save it to `out_dir`.
@@ -486,7 +533,18 @@ def train_diffusion(cfg: DiffusionConfig, opts: RunOptions, out_dir: Path, work_
         torch.set_num_threads(opts.num_threads)
     work_dir.mkdir(parents=True, exist_ok=True)
     components = build_components(cfg)
-    metrics = train_vae(components["vae"], cfg, opts, work_dir, on_log)
+    metrics: dict = {}
+    if cfg.text_encoder == "clip":
+        from groundiff.worlds.shapes_text import train_text_encoder
+
+        metrics.update(train_text_encoder(components["text_encoder"], components["tokenizer"], cfg, opts,
+                                          work_dir, _clip_batches(cfg), on_log))
+    if cfg.init_pipeline:
+        warm_start(components, cfg)
+        components["vae"].to(opts.device).eval()
+        metrics["vae_steps"] = 0
+    else:
+        metrics.update(train_vae(components["vae"], cfg, opts, work_dir, on_log))
     scaling = latent_scaling_factor(components["vae"], cfg, opts.device)
     for cycle in cycles(cfg):
         metrics.update(train_unet(components, cfg, opts, work_dir, scaling, cycle, on_log))

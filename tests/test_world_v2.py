@@ -1,0 +1,122 @@
+"""World v2's text encoder: a mini-CLIP pretrained on rendered pairs, frozen while the UNet trains,
+and a warm start of the UNet from an earlier pipeline. Tiny models; real training steps."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from groundiff.worlds.shapes_diffusion import (DiffusionConfig, RunOptions, build_components, render_batch,
+                                               train_diffusion)
+from groundiff.worlds.shapes_text import caption_targets, clip_loss, content_mask, soft_infonce, token_similarity
+
+TINY = DiffusionConfig(vae_steps=2, steps=4, batch_size=4, vae_batch_size=4, vae_channels=8,
+                       block_out_channels=(8, 16, 16), attention_heads=2, text_width=16, warmup_steps=1)
+V2 = replace(TINY, text_encoder="clip", clip_steps=6, clip_batch_size=8)
+OPTS = RunOptions(mixed_precision="no", checkpoint_every=2, log_every=1)
+
+
+def _weights(folder: Path, part: str) -> dict[str, torch.Tensor]:
+    name = "model.safetensors" if part == "text_encoder" else "diffusion_pytorch_model.safetensors"
+    return load_file(folder / part / name)
+
+
+def test_equal_captions_are_positives_of_each_other():
+    targets = caption_targets(["a star", "a ring", "a star"])
+    assert torch.equal(targets, torch.tensor([[0.5, 0, 0.5], [0, 1, 0], [0.5, 0, 0.5]]))
+    good = torch.tensor([[9.0, 0, 9], [0, 9, 0], [9, 0, 9]])
+    assert soft_infonce(good, targets) < soft_infonce(good.roll(1, dims=1), targets)
+
+
+def test_token_similarity_scores_each_word_by_its_best_patch():
+    tokens = torch.tensor([[[1.0, 0], [0, 1], [1, 0]]])  # 1 caption: word x, word y, special token
+    mask = torch.tensor([[1.0, 1, 0]])
+    patches = torch.tensor([[[1.0, 0], [0, 1]], [[1.0, 0], [1, 0]]])  # image 0 has x and y; image 1 only x
+    sim = token_similarity(tokens, mask, patches)
+    assert sim.shape == (1, 2)
+    assert sim[0, 0] > sim[0, 1]  # y is only in image 0
+
+
+def test_clip_phase_trains_resumes_exactly_and_freezes_the_text_encoder(tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(metrics):
+        if "clip_loss" in metrics and metrics["step"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_diffusion(V2, OPTS, tmp_path / "a", tmp_path / "work_a", on_log=stop)
+    train_diffusion(V2, OPTS, tmp_path / "a", tmp_path / "work_a")
+    train_diffusion(V2, OPTS, tmp_path / "b", tmp_path / "work_b")
+    for part in ("text_encoder", "unet"):
+        wa, wb = _weights(tmp_path / "a", part), _weights(tmp_path / "b", part)
+        for key in wa:
+            torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6)
+    # The shipped text encoder is the pretrained one: the UNet cycle did not move it.
+    clip = load_file(tmp_path / "work_b/clip.safetensors")
+    shipped = _weights(tmp_path / "b", "text_encoder")
+    pretrained = {k[len("text."):]: v for k, v in clip.items() if k.startswith("text.")}
+    assert set(shipped) <= set(pretrained)
+    for key in shipped:
+        torch.testing.assert_close(shipped[key], pretrained[key], rtol=0, atol=0)
+    fresh = build_components(V2)["text_encoder"].state_dict()
+    assert any(not torch.equal(fresh[k], shipped[k]) for k in shipped), "the mini-CLIP phase trained it"
+    log = (tmp_path / "work_a/clip_log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in log[1:]] == [str(s) for s in range(1, 7)]
+
+
+def test_clip_loss_falls_on_a_fixed_batch():
+    comps = build_components(V2)
+    from groundiff.worlds.shapes_text import PatchImageEncoder, TextHeads
+
+    torch.manual_seed(0)
+    image, heads, text = PatchImageEncoder(16), TextHeads(16), comps["text_encoder"]
+    images, captions = render_batch(replace(V2, uncond_prob=0.0), 0, 16, stream=4)
+    params = [p for m in (image, heads, text) for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    first = None
+    for _ in range(60):
+        loss, row = clip_loss(text, heads, image, comps["tokenizer"], images, captions, token_weight=1.0)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+    assert {"global_loss", "token_loss", "retrieval_acc"} <= set(row)
+    ids = comps["tokenizer"](["a star"], return_tensors="pt").input_ids
+    assert content_mask(ids, comps["tokenizer"]).tolist() == [[0.0, 1.0, 1.0, 0.0]]
+
+
+def test_warm_start_keeps_the_unet_but_its_text_pathway(tmp_path):
+    train_diffusion(TINY, OPTS, tmp_path / "v1", tmp_path / "work_v1")
+    warm = replace(V2, init_pipeline=str(tmp_path / "v1"), steps=1)
+    from groundiff.worlds.shapes_diffusion import warm_start
+
+    comps = build_components(warm)
+    warm_start(comps, warm)
+    v1 = _weights(tmp_path / "v1", "unet")
+    now = comps["unet"].state_dict()
+    changed = {k for k in v1 if not torch.equal(v1[k], now[k])}
+    assert changed and all(".attn2.to_k." in k or ".attn2.to_v." in k or ".attn2.to_out.0.weight" in k
+                           for k in changed)
+    assert all(not now[k].any() for k in now if k.endswith("attn2.to_out.0.weight"))
+    vae = _weights(tmp_path / "v1", "vae")
+    assert all(torch.equal(vae[k], comps["vae"].state_dict()[k]) for k in vae)
+    # A whole warm-started run: no VAE phase, the pipeline saved.
+    metrics = train_diffusion(warm, OPTS, tmp_path / "v2", tmp_path / "work_v2")
+    assert metrics["vae_steps"] == 0 and not (tmp_path / "work_v2/vae.safetensors").exists()
+    assert (tmp_path / "v2/model_index.json").exists()
+
+
+def test_bad_text_encoder_settings_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="text_encoder must be joint"):
+        replace(TINY, text_encoder="t5")
+    with pytest.raises(ValueError, match="contrastive batch"):
+        replace(V2, clip_batch_size=1)
+    with pytest.raises(ValueError, match="init_pipeline"):
+        replace(TINY, init_pipeline="worlds/shapes/diffusion")
+    with pytest.raises(FileNotFoundError, match="no loadable vae"):
+        train_diffusion(replace(V2, init_pipeline=str(tmp_path / "nowhere")), OPTS, tmp_path / "o", tmp_path / "w")
