@@ -132,6 +132,14 @@ def clip_loss(text_encoder, heads: TextHeads, image_encoder: PatchImageEncoder, 
     return loss, row
 
 
+def clip_lr_factor(step: int, steps: int) -> float:
+    """Linear warm-up over the first 5% of `steps`, then cosine decay to 0."""
+    warmup = max(steps // 20, 1)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(steps - warmup, 1)))
+
+
 def train_text_encoder(text_encoder, tokenizer, cfg: DiffusionConfig, opts: RunOptions, work_dir: Path,
                        render: Callable[[int, int], tuple[torch.Tensor, list[str]]],
                        on_log: Callable[[dict], None] | None = None) -> dict:
@@ -156,10 +164,8 @@ def train_text_encoder(text_encoder, tokenizer, cfg: DiffusionConfig, opts: RunO
         loop.resume()
 
         def step(s: int) -> dict:
-            warmup = max(cfg.clip_steps // 20, 1)
-            factor = (s + 1) / warmup if s < warmup else 0.5 * (1 + np.cos(np.pi * (s - warmup) / max(cfg.clip_steps - warmup, 1)))
             for group in opt.param_groups:
-                group["lr"] = cfg.clip_lr * factor
+                group["lr"] = cfg.clip_lr * clip_lr_factor(s, cfg.clip_steps)
             images, captions = render(s, cfg.clip_batch_size)
             loss, row = clip_loss(text_encoder, heads, image_encoder, tokenizer, images.to(dev), captions,
                                   cfg.clip_token_weight)
