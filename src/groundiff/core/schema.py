@@ -25,6 +25,8 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 STRATEGIES: tuple[str, ...] = ("without_zero_masks", "normal")
 #: Which training images a segmenter distorts photometrically.
 COLOR_AUG_MODES: tuple[str, ...] = ("none", "synthetic", "all")
+#: Which library trains a Protocol II segmenter (SegmenterConfig.backend).
+SEGMENTER_BACKENDS: tuple[str, ...] = ("transformers", "mmseg")
 #: A Protocol II variant's real data: none, seen classes only (unseen hidden), every class.
 REAL_MODES: tuple[str, ...] = ("none", "seen", "all")
 #: Protocol II's treatment of background pixels.
@@ -564,6 +566,10 @@ class SegmenterConfig:
     (`num_labels = len(classes) + 1`, background being class 0; see the module docstring).
     """
 
+    # which library trains it: transformers (the project's MaskFormer loop, groundiff.segmenter.train)
+    # | mmseg (mmseg's packaged MaskFormer config shrunk to the fields below, mmengine's Runner;
+    # groundiff.segmenter.mmseg_backend; needs `bash scripts/install_mmseg.sh`)
+    backend: str = "transformers"
     # --- architecture
     backbone: str = ""  # pretrained backbone (hub id or folder, ResNet or Swin); "" = small random ResNet below
     backbone_widths: tuple[int, ...] = (32, 64, 128)  # random ResNet: channels of each stage (strides 4, 8, 16, ...)
@@ -609,6 +615,8 @@ class SegmenterConfig:
         bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
         if bad:
             raise ValueError(f"must be positive: {', '.join(bad)}")
+        if self.backend not in SEGMENTER_BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(SEGMENTER_BACKENDS)}, got {self.backend!r}")
         if self.fpn_size % 32:
             raise ValueError(f"fpn_size must be a multiple of 32 (the pixel decoder's GroupNorm has 32 groups), got {self.fpn_size}")
         if self.d_model % self.decoder_heads:

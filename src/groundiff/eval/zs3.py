@@ -38,7 +38,7 @@ from groundiff.eval.appearance import Alteration
 from groundiff.figures import MAX_TILE, captioned_grid
 from groundiff.eval.metric_names import zs3_metric_names as flat_metrics
 from groundiff.eval.metrics import class_iou, confusion_matrix, zero_shot_scores
-from groundiff.segmenter import DataSource, Segmenter
+from groundiff.segmenter import DataSource, Segmenter, load_segmenter
 from groundiff.worlds.base import ClassSplit
 from groundiff.core.schema import BACKGROUND_MODES, REAL_MODES, EvalZS3Params, VariantSpec
 
@@ -156,7 +156,7 @@ def score_variants(models: Path, variants: Sequence[str], real: RealData, split:
     images altered by `appearance` if given: ({variant: scores}, {variant: segmenter})."""
     results, segmenters = {}, {}
     for name in variants:
-        segmenters[name] = Segmenter.from_pretrained(Path(models) / name, device=device)
+        segmenters[name] = load_segmenter(Path(models) / name, device=device)
         results[name], _ = evaluate(segmenters[name], real.root, cfg.split, split, cfg.background, cfg.batch_size,
                                     appearance)
     return results, segmenters

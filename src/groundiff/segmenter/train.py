@@ -69,6 +69,25 @@ class DataSource:
         return f"{self.root}:{self.split} ({self.labels}{hidden}{share})"
 
 
+def source_probabilities(sources: Sequence[DataSource], sizes: Sequence[int]) -> np.ndarray | None:
+    """Per-item sampling probabilities over the concatenation of `sources` with `sizes` items each,
+    from their shares (the module docstring); None when no source has a share (uniform)."""
+    if all(s.share is None for s in sources):
+        return None
+    for source, n in zip(sources, sizes):
+        if source.share is not None and n == 0:
+            raise ValueError(f"{source} has a share but no samples")
+    fixed = sum(s.share for s in sources if s.share is not None)
+    rest = sum(n for s, n in zip(sources, sizes) if s.share is None)
+    if fixed > 1.0 + 1e-9 or (rest == 0 and abs(fixed - 1.0) > 1e-9):
+        raise ValueError(f"source shares sum to {fixed:g}: they must sum to 1, or to less when some "
+                         "sources have no share (those split the rest by size)")
+    per_item = [(s.share / n if s.share is not None else (1.0 - fixed) / rest) if n else 0.0
+                for s, n in zip(sources, sizes)]
+    probs = np.concatenate([np.full(n, p) for p, n in zip(per_item, sizes)])
+    return probs / probs.sum()
+
+
 class SegmentationSet:
     """The concatenation of several sources' samples, loaded lazily (PASCAL VOC does not fit in memory)."""
 
@@ -83,20 +102,9 @@ class SegmentationSet:
 
     def _probabilities(self) -> np.ndarray | None:
         """Per-item sampling probabilities from the sources' shares (None: uniform over the union)."""
-        if all(s.share is None for s in self.sources):
-            return None
-        sizes = {s: sum(1 for source, _ in self.items if source == s) for s in self.sources}
-        for source, n in sizes.items():
-            if source.share is not None and n == 0:
-                raise ValueError(f"{source} has a share but no samples")
-        fixed = sum(s.share for s in self.sources if s.share is not None)
-        rest = sum(n for s, n in sizes.items() if s.share is None)
-        if fixed > 1.0 + 1e-9 or (rest == 0 and abs(fixed - 1.0) > 1e-9):
-            raise ValueError(f"source shares sum to {fixed:g}: they must sum to 1, or to less when some "
-                             "sources have no share (those split the rest by size)")
-        per_item = {s: (s.share / sizes[s] if s.share is not None else (1.0 - fixed) / rest) for s in self.sources}
-        probs = np.array([per_item[source] for source, _ in self.items])
-        return probs / probs.sum()
+        sizes = [sum(1 for source, _ in self.items if source == s) for s in self.sources]
+        return source_probabilities(self.sources, sizes)
+
     def __len__(self) -> int:
         return len(self.items)
 

@@ -17,7 +17,7 @@ from groundiff.core import paths, tracking
 from groundiff.core.params import Params, ParamsError
 from groundiff.core.training import publish
 from groundiff.eval.zs3 import dvc_stage, variant_sources
-from groundiff.segmenter import train_segmenter
+from groundiff.segmenter import train
 from groundiff.stages.common import open_stage, run_stage
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     logged = {**params.logged(), "variant": name, "sources": [str(s) for s in sources]}
     state, out = paths.SEGMENTER_STATE / name, paths.SEGMENTERS / name
     with tracking.stage_run(dvc_stage(name, spec), logged) as run:
-        segmenter, summary = train_segmenter(
+        segmenter, summary = train(
             sources, split.classes, cfg, state, device=params.world.device,
             on_log=lambda m: run.log_metrics({k: v for k, v in m.items() if k != "step"}, step=m["step"]))
         metrics = {"variant": name, "sources": [str(s) for s in sources], **summary}

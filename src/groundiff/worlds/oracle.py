@@ -302,8 +302,9 @@ class MMDetOracle(_COCODetector):
             from mmdet.apis import init_detector
         except ImportError as err:
             raise ImportError(
-                "the mmdet oracle backend needs mmdetection: pip install -e '.[mmdet]' (mmcv < 2.2 "
-                "builds from source), or use backend: torchvision"
+                "the mmdet oracle backend needs mmdetection with the compiled mmcv: `bash scripts/install_mmseg.sh` "
+                "installs mmdet 3.3.0 with it (building the mmcv 2.1.0 wheel once, about 23 min on 2 cores), "
+                f"or use oracle.backend: torchvision ({type(err).__name__}: {err})"
             ) from err
         self.world, self.score_threshold, self.mask_threshold = world, score_threshold, mask_threshold
         self.model = init_detector(config, checkpoint, device=device)
@@ -334,8 +335,11 @@ class Detectron2Oracle(_COCODetector):
             from detectron2.engine import DefaultPredictor
         except ImportError as err:
             raise ImportError(
-                "the detectron2 oracle backend needs detectron2, which is not on PyPI: install it from "
-                "its source repository, or use backend: torchvision"
+                "the detectron2 oracle backend needs detectron2, which is on no package registry: build it from "
+                "its source into .venv with `.venv/bin/python -m pip install --no-build-isolation "
+                "'git+https://github.com/facebookresearch/detectron2.git'` (needs git, a C++ compiler and access "
+                "to GitHub; docs/backends.md#detectron2), or use oracle.backend: torchvision "
+                f"({type(err).__name__}: {err})"
             ) from err
         cfg = get_cfg()
         cfg.merge_from_file(config)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ class Experiment:
     timestamp: str | None
     params: dict[str, Any]  # params.yaml's data
     zs3: dict[str, Any]  # metrics/zs3.json's data ({} if the experiment has none)
+    training: dict[str, Any] = field(default_factory=dict)  # variant -> metrics/train_segmenter/<variant>.json's data
 
 
 def experiments(root: Path) -> dict[str, Experiment]:
@@ -91,9 +92,12 @@ def experiments(root: Path) -> dict[str, Experiment]:
                 if not rev.get("name") or rev.get("error") or not data:
                     continue
                 params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
-                zs3 = ((data.get("metrics") or {}).get("metrics/zs3.json") or {}).get("data") or {}
+                metrics = data.get("metrics") or {}
+                zs3 = (metrics.get("metrics/zs3.json") or {}).get("data") or {}
+                training = {Path(path).stem: (entry or {}).get("data") or {} for path, entry in metrics.items()
+                            if path.startswith("metrics/train_segmenter/")}
                 found[rev["name"]] = Experiment(rev["name"], rev["rev"], baseline["rev"], data.get("timestamp"),
-                                                params, zs3)
+                                                params, zs3, training)
     return found
 
 

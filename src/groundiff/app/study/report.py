@@ -36,6 +36,7 @@ def summarize(study: Study, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "seeds": [r["seed"] for r in mine]}
             for key in HEADLINE:
                 entry[key] = _stats([r["metrics"][key] for r in mine if r["metrics"].get(key) is not None])
+            entry["seconds_per_step"] = _stats([r["seconds_per_step"] for r in mine if r.get("seconds_per_step")])
             means[variant] = entry["hiou"]["mean"]
             out.append(entry)
         ref = means.get(study.reference) if study.reference else None
@@ -59,7 +60,8 @@ def markdown(study: Study, result: dict[str, Any]) -> str:
              f"Made by `groundiff study {study.name}` from {len(result['runs_done'])} DVC experiment(s) "
              f"(`dvc exp show`, baseline `{result['baseline'][:7]}`), scored on the `{study.split}` split; "
              f"seeds {', '.join(map(str, study.seeds))}. mIoU %, mean ± sd over seeds (sample sd)."
-             + (f" Share: the variant's mean hIoU over {ref}'s." if ref else ""), ""]
+             + (f" Share: the variant's mean hIoU over {ref}'s." if ref else "")
+             + " s/step: the trainer's seconds per optimizer step (metrics/train_segmenter), over the runs that trained.", ""]
     if result["runs_missing"]:
         lines += [f"**Incomplete**: {len(result['runs_missing'])} run(s) have no finished experiment: "
                   + ", ".join(f"`{n}`" for n in result["runs_missing"]) + ".", ""]
@@ -67,12 +69,15 @@ def markdown(study: Study, result: dict[str, Any]) -> str:
         label = Run(study.name, 0, point).label
         if label:
             lines += [f"## {label}", ""]
-        lines += ["| variant | n | hIoU | seen | unseen |" + (" share of " + ref + " |" if ref else ""),
-                  "|---|---|---|---|---|" + ("---|" if ref else "")]
+        lines += ["| variant | n | hIoU | seen | unseen |" + (" share of " + ref + " |" if ref else "")
+                  + " s/step |", "|---|---|---|---|---|" + ("---|" if ref else "") + "---|"]
         for s in (s for s in result["summary"] if s["point_label"] == label):
             share = s["share_of_reference"]
+            pace = s.get("seconds_per_step") or {"mean": None, "sd": None}
+            pace_cell = "—" if pace["mean"] is None else f"{pace['mean']:.3f}" + ("" if pace["sd"] is None else f" ± {pace['sd']:.3f}")
             lines.append(f"| {s['variant']} | {s['n']} | {fmt(s['hiou'])} | {fmt(s['miou_seen'])} | "
-                         f"{fmt(s['miou_unseen'])} |" + ((" —" if share is None else f" {share:.2f}") + " |" if ref else ""))
+                         f"{fmt(s['miou_unseen'])} |" + ((" —" if share is None else f" {share:.2f}") + " |" if ref else "")
+                         + f" {pace_cell} |")
         lines += ["", "Per seed (hIoU / seen / unseen):", "", "| seed | experiment | "
                   + " | ".join(study.variants) + " |", "|---|---|" + "---|" * len(study.variants)]
         for seed in study.seeds:
@@ -110,9 +115,10 @@ def collect(study: Study, root: Path, found: Mapping[str, Experiment] | None = N
             if not isinstance(metrics, dict):
                 raise StudyError(f"experiment {run.name}: metrics/zs3.json has no variant {variant!r} "
                                  f"(it has: {', '.join(exp.zs3) or 'nothing'}); did its eval_zs3 run?")
+            pace = (exp.training.get(variant) or {}).get("seconds_per_step")  # None: the trainer was cached
             rows.append({"experiment": run.name, "rev": exp.rev, "timestamp": exp.timestamp,
                          "variant": variant, "seed": run.seed, "split": study.split,
-                         "point": run.point, "point_label": run.label,
+                         "point": run.point, "point_label": run.label, "seconds_per_step": pace,
                          "metrics": {k: metrics.get(k) for k in HEADLINE} | {"per_class": metrics.get("per_class", {})}})
     result = {
         "study": study.name, "description": study.description, "split": study.split,
