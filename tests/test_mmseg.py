@@ -24,7 +24,7 @@ needs_mmseg = pytest.mark.mmseg
 
 
 def mm_cfg(**kw) -> SegmenterConfig:
-    return tiny_cfg(backend="mmseg", d_model=32, decoder_heads=2, **kw)
+    return tiny_cfg(backend="mmseg", d_model=32, fpn_size=64, decoder_heads=2, **kw)  # widths differ, as in params
 
 
 @pytest.fixture

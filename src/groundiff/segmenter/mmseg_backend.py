@@ -19,8 +19,9 @@ its `IterBasedTrainLoop`. The project registers three things with mmseg's regist
   what `publish` ships) and their mean every `log_every` steps to MLflow through `on_log`.
 
 Where mmseg differs from the transformers backend, it stays mmseg: ignored pixels are negatives of
-every mask in its mask losses (the transformers backend leaves them out), the pixel decoder is as wide
-as the transformer decoder (mmdet's `MaskFormerHead` requires it), a ResNet stage has
+every mask in its mask losses (the transformers backend leaves them out), the pixel decoder and mask
+embeddings are as wide as the transformer decoder (`d_model`: mmdet's `MaskFormerHead` has one width;
+the transformers backend's are `fpn_size`), a ResNet stage has
 mmseg's ResNet-18 depth of 2 basic blocks, images smaller than the crop are padded at the bottom-right
 (not placed at random), and the learning rate warms up linearly, then decays by mmengine's `PolyLR`.
 
@@ -253,8 +254,10 @@ def mmseg_config(cfg: SegmenterConfig, classes: Sequence[str], sources: Sequence
         m.backbone.update(depth=18, num_stages=n, out_indices=tuple(range(n)), strides=(1,) + (2,) * (n - 1),
                           dilations=(1,) * n, stem_channels=cfg.stem_width, base_channels=widths[0],
                           norm_cfg=norm, norm_eval=False, init_cfg=None)
+        # mmdet's MaskFormerHead has one width for its pixel decoder, mask embeddings, queries and
+        # transformer: d_model (the transformers backend's pixel decoder and mask embeddings: fpn_size)
         head.update(in_channels=widths, in_index=list(range(n)), feat_channels=cfg.d_model,
-                    out_channels=cfg.fpn_size, num_queries=cfg.num_queries)
+                    out_channels=cfg.d_model, num_queries=cfg.num_queries)
         head.positional_encoding.num_feats = cfg.d_model // 2
         dec = head.transformer_decoder
         dec.update(num_layers=cfg.decoder_layers, return_intermediate=cfg.aux_loss)
