@@ -2,6 +2,7 @@
 
     python scripts/train_world_v2.py                # resumable: rerun after an interruption
     python scripts/train_world_v2.py --only-text    # the mini-CLIP text encoder alone (minutes)
+    python scripts/train_world_v2.py --probe --out /tmp/v2_probe   # the unfinished UNet's EMA, assembled
 
 The model is params.yaml's `world_diffusion.model` with `V2` applied: a mini-CLIP text encoder,
 pretrained and frozen (`worlds/shapes_text.py`), and the UNet warm-started from world v1
@@ -13,6 +14,7 @@ check the bars. `--out DIR` assembles the pipeline there (a candidate to measure
 """
 
 import argparse
+import json
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,6 +46,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only-text", action="store_true", help="train the mini-CLIP text encoder phase only")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--probe", action="store_true",
+                    help="assemble a pipeline from the unfinished UNet's EMA weights into --out (progress checks)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/world_v2_candidate"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -64,7 +68,31 @@ def main() -> None:
         print(f"class-word cosine mean {cosine['class_word']['mean']:.3f} (max {cosine['class_word']['max']:.3f}), "
               f"<eos> {cosine['eos']['mean']:.3f}; wrote {TEXT_REPORT}")
         return
+    if args.probe:
+        probe(cfg, opts, args.out)
+        return
     print(train_diffusion(cfg, opts, args.out, STATE))
+
+
+def probe(cfg, opts: RunOptions, out: Path) -> None:
+    """The pipeline train_diffusion would assemble, with the UNet's EMA weights at the state's last
+    checkpoint: measure it (scripts/measure_binding.py) to see whether the run is on track."""
+    from safetensors import safe_open
+
+    from groundiff.worlds.shapes_diffusion import (_clip_batches, assemble_pipeline, latent_scaling_factor,
+                                                   warm_start)
+    from groundiff.worlds.shapes_text import train_text_encoder
+
+    comps = build_components(cfg)
+    train_text_encoder(comps["text_encoder"], comps["tokenizer"], cfg, opts, STATE, _clip_batches(cfg))  # finished: loads
+    warm_start(comps, cfg)
+    state = STATE / "unet_cycle1_state.safetensors"
+    with safe_open(str(state), "pt") as f:
+        step = json.loads(f.metadata()["meta"])["step"]
+        comps["unet"].load_state_dict({k[len("ema_unet."):]: f.get_tensor(k) for k in f.keys() if k.startswith("ema_unet.")})
+    pipe = assemble_pipeline(comps, latent_scaling_factor(comps["vae"], cfg, "cpu"))
+    pipe.save_pretrained(out, safe_serialization=True)
+    print(f"probe: the UNet's EMA at step {step} of {cfg.steps}, assembled in {out}")
 
 
 if __name__ == "__main__":

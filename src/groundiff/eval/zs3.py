@@ -38,7 +38,7 @@ from groundiff.eval.appearance import Alteration
 from groundiff.figures import MAX_TILE, captioned_grid
 from groundiff.eval.metric_names import zs3_metric_names as flat_metrics
 from groundiff.eval.metrics import class_iou, confusion_matrix, zero_shot_scores
-from groundiff.segmenter import DataSource, Segmenter, load_segmenter
+from groundiff.segmenter import DataSource, TrainedSegmenter, load_segmenter
 from groundiff.worlds.base import ClassSplit
 from groundiff.core.schema import BACKGROUND_MODES, REAL_MODES, EvalZS3Params, VariantSpec
 
@@ -110,7 +110,7 @@ def score_confusion(conf: np.ndarray, split: ClassSplit, background: str = "igno
             "hiou": _pct(scores["hiou"]), "per_class": per_class}
 
 
-def evaluate(segmenter: Segmenter, root: str | Path, split_name: str, split: ClassSplit,
+def evaluate(segmenter: TrainedSegmenter, root: str | Path, split_name: str, split: ClassSplit,
              background: str = "ignore", batch_size: int = 64,
              appearance: Alteration | None = None) -> tuple[dict, np.ndarray]:
     """Score a segmenter on a fully labelled VOC-layout split; returns (scores, confusion matrix).
@@ -151,7 +151,7 @@ def missing_variants(models: Path, variants: Sequence[str]) -> list[str]:
 
 def score_variants(models: Path, variants: Sequence[str], real: RealData, split: ClassSplit, cfg: EvalZS3Params,
                    device: str = "cpu", appearance: Alteration | None = None
-                   ) -> tuple[dict[str, dict], dict[str, Segmenter]]:
+                   ) -> tuple[dict[str, dict], dict[str, TrainedSegmenter]]:
     """Each variant's segmenter (from `models/<variant>/`) scored on the real split `cfg.split`, its
     images altered by `appearance` if given: ({variant: scores}, {variant: segmenter})."""
     results, segmenters = {}, {}
@@ -213,7 +213,7 @@ def pick_figure_images(truths: Sequence[np.ndarray], split: ClassSplit, n: int) 
     return sorted(with_unseen[:k] + seen_only[:m])
 
 
-def variants_figure(segmenters: dict[str, Segmenter], real: RealData, split: ClassSplit, cfg: EvalZS3Params,
+def variants_figure(segmenters: dict[str, TrainedSegmenter], real: RealData, split: ClassSplit, cfg: EvalZS3Params,
                     path: Path) -> Path:
     """`prediction_figure` of `cfg.figure_images` real images (`pick_figure_images`), every variant's
     prediction beside the truth."""

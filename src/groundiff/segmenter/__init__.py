@@ -10,11 +10,11 @@
 transformers, or mmseg: `groundiff.segmenter.mmseg_backend`).
 """
 
-from groundiff.segmenter.model import SegmenterConfig, Segmenter, build_model, predict, semantic_scores
+from groundiff.segmenter.model import SegmenterConfig, Segmenter, TrainedSegmenter, build_model, predict, semantic_scores
 from groundiff.segmenter.backends import load_segmenter, train
 from groundiff.segmenter.train import DataSource, SegmentationSet, label_to_targets, maskformer_loss, train_segmenter
 
 __all__ = [
-    "DataSource", "SegmentationSet", "Segmenter", "SegmenterConfig", "build_model", "label_to_targets",
+    "DataSource", "SegmentationSet", "Segmenter", "SegmenterConfig", "TrainedSegmenter", "build_model", "label_to_targets",
     "load_segmenter", "maskformer_loss", "predict", "semantic_scores", "train", "train_segmenter",
 ]

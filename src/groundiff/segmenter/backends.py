@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from groundiff.segmenter.model import META_FILE, Segmenter, SegmenterConfig
+from groundiff.segmenter.model import META_FILE, Segmenter, SegmenterConfig, TrainedSegmenter
 from groundiff.segmenter.train import DataSource, train_segmenter
 
 
@@ -25,7 +25,7 @@ def train(sources: Sequence[DataSource], classes: Sequence[str], cfg: SegmenterC
     return train_segmenter(sources, classes, cfg, work_dir, device=device, on_log=on_log, progress=progress)
 
 
-def load_segmenter(path: str | Path, device: str = "cpu"):
+def load_segmenter(path: str | Path, device: str = "cpu") -> TrainedSegmenter:
     """A saved segmenter of either backend (`Segmenter` or `MMSegSegmenter`), by its segmenter.json."""
     path = Path(path)
     meta_file = path / META_FILE

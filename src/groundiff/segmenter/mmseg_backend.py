@@ -51,7 +51,7 @@ from groundiff.core import losslog
 from groundiff.core.checkpoint import fingerprint
 from groundiff.core.schema import SegmenterConfig
 from groundiff.core.training import mean_report
-from groundiff.segmenter.model import BACKGROUND, META_FILE, MEAN, STD
+from groundiff.segmenter.model import BACKGROUND, META_FILE, MEAN, STD, TrainedSegmenter
 from groundiff.segmenter.train import DataSource, SegmentationSet, _cpu_threads, _distorts, source_probabilities
 
 #: mmseg's packaged MaskFormer config (in the installed package's `.mim/configs`), the base of ours.
@@ -395,7 +395,7 @@ def _last_step(work_dir: Path) -> int:
 # --------------------------------------------------------------------------- the trained segmenter
 
 
-class MMSegSegmenter:
+class MMSegSegmenter(TrainedSegmenter):
     """A trained mmseg MaskFormer (an `EncoderDecoder`) with its classes and input size; the same
     `predict` / `labels` as `groundiff.segmenter.Segmenter`, so eval_zs3 scores either."""
 
@@ -403,14 +403,6 @@ class MMSegSegmenter:
 
     def __init__(self, model, classes: Sequence[str], input_size: int, config) -> None:
         self.model, self.classes, self.input_size, self.config = model, tuple(classes), input_size, config
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return (BACKGROUND, *self.classes)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def save_pretrained(self, path: str | Path) -> None:
         """config.py + model.pth (mmseg's checkpoint layout) + segmenter.json (backend, classes)."""

@@ -25,6 +25,7 @@ from groundiff.core.checkpoint import loading_model
 from groundiff.core.schema import COLOR_AUG_MODES, SegmenterConfig
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,16 +182,13 @@ def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor,
     return torch.einsum("bqc,bqhw->bchw", probs, mask_logits.sigmoid())
 
 
-class Segmenter:
-    """A trained MaskFormer with the class list and input size it was trained with."""
+class TrainedSegmenter(ABC):
+    """What eval_zs3 uses of a trained segmenter of either backend: its torch `model`, `classes`
+    (label k + 1 = classes[k]; label 0 = background), `input_size`, `labels` and `predict`."""
 
-    def __init__(self, model: MaskFormerForInstanceSegmentation, classes: Sequence[str], input_size: int) -> None:
-        self.model = model
-        self.classes = tuple(classes)  # label k + 1 = classes[k]; label 0 = background
-        self.input_size = input_size
-        if model.config.num_labels != len(self.classes) + 1:
-            raise ValueError(f"model has {model.config.num_labels} labels, but {len(self.classes)} classes + "
-                             "background were given")
+    model: torch.nn.Module
+    classes: tuple[str, ...]
+    input_size: int
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -200,6 +198,22 @@ class Segmenter:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @abstractmethod
+    def predict(self, images: Sequence[np.ndarray], batch_size: int = 32) -> list[np.ndarray]:
+        """(H, W, 3) uint8 images (any sizes) -> (H, W) uint8 label maps with values in 0..K."""
+
+
+class Segmenter(TrainedSegmenter):
+    """A trained MaskFormer with the class list and input size it was trained with."""
+
+    def __init__(self, model: MaskFormerForInstanceSegmentation, classes: Sequence[str], input_size: int) -> None:
+        self.model = model
+        self.classes = tuple(classes)  # label k + 1 = classes[k]; label 0 = background
+        self.input_size = input_size
+        if model.config.num_labels != len(self.classes) + 1:
+            raise ValueError(f"model has {model.config.num_labels} labels, but {len(self.classes)} classes + "
+                             "background were given")
 
     def save_pretrained(self, path: str | Path) -> None:
         """config.json + model.safetensors (transformers' own format) + segmenter.json (classes)."""
