@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("cpu_precision", "demo_request", "distributed_synthesis", "grounding_overhead", "paper_scale",
-              "sampling_steps")
+              "sampling_steps", "segmenter_backends")
 HELPERS = ("__init__", "_results")  # _results: where every benchmark writes (reports/benchmarks/<name>.json|md)
 
 

@@ -93,6 +93,12 @@ def test_config_is_mmsegs_packaged_maskformer_shrunk():
     assert config.train_cfg.max_iters == cfg.steps and config.train_dataloader.batch_size == cfg.batch_size
     with pytest.raises(ValueError, match="doubles its width"):
         mmseg_config(replace(cfg, backbone_widths=(8, 24)), CLASSES, [DataSource("voc", "train")], Path("w"))
+    # the paper worlds: mmseg's recipe as packaged, ResNet-50 from torchvision's weights (loaded only by init_weights)
+    paper = mmseg_config(replace(cfg, backbone="microsoft/resnet-50"), CLASSES, [DataSource("voc", "train")], Path("w"))
+    assert paper.model.backbone.depth == 50 and paper.model.backbone.init_cfg.checkpoint == "torchvision://resnet50"
+    assert paper.model.decode_head.num_queries == 100 and paper.model.decode_head.num_classes == len(CLASSES) + 1
+    with pytest.raises(ValueError, match="microsoft/resnet-50"):
+        mmseg_config(replace(cfg, backbone="microsoft/swin-tiny"), CLASSES, [DataSource("voc", "train")], Path("w"))
 
 
 @needs_mmseg

@@ -107,6 +107,7 @@ def test_the_summary_is_mean_sd_and_share_of_the_reference():
     hiou = {("C", 0): 40.0, ("C", 1): 44.0, ("C", 2): 48.0, ("real_all", 0): 60.0, ("real_all", 1): 62.0,
             ("real_all", 2): 64.0}
     rows = [{"experiment": f"s-s{seed}", "variant": v, "seed": seed, "point": {}, "point_label": "",
+             "seconds_per_step": None if seed == 0 else 0.2 + 0.1 * seed,  # seed 0: its trainer came from the cache
              "metrics": {"hiou": h, "miou_seen": h + 10, "miou_unseen": h - 10}} for (v, seed), h in hiou.items()]
     summary = {s["variant"]: s for s in summarize(study, rows)}
     assert summary["C"]["hiou"] == {"mean": 44.0, "sd": 4.0} and summary["C"]["n"] == 3
@@ -114,7 +115,7 @@ def test_the_summary_is_mean_sd_and_share_of_the_reference():
     assert summary["real_all"]["share_of_reference"] == 1.0
     text = markdown(study, {"summary": summarize(study, rows), "runs": rows, "runs_done": ["s-s0", "s-s1", "s-s2"],
                             "runs_missing": [], "baseline": "abcdef0"})
-    assert "| C | 3 | 44.0 ± 4.0 | 54.0 ± 4.0 | 34.0 ± 4.0 | 0.71 |" in text
+    assert "| C | 3 | 44.0 ± 4.0 | 54.0 ± 4.0 | 34.0 ± 4.0 | 0.71 | 0.350 ± 0.071 |" in text  # s/step of seeds 1, 2
     assert "| 1 | `s-s1` | 44.0 / 54.0 / 34.0 | 62.0 / 72.0 / 52.0 |" in text
 
 
