@@ -52,7 +52,8 @@ from groundiff.core.checkpoint import fingerprint
 from groundiff.core.schema import SegmenterConfig
 from groundiff.core.training import mean_report
 from groundiff.segmenter.model import BACKGROUND, META_FILE, MEAN, STD, TrainedSegmenter
-from groundiff.segmenter.train import DataSource, SegmentationSet, _cpu_threads, _distorts, source_probabilities
+from groundiff.segmenter.train import (DataSource, SegmentationSet, _cpu_threads, _distorts, source_probabilities,
+                                      step_indices)
 
 #: mmseg's packaged MaskFormer config (in the installed package's `.mim/configs`), the base of ours.
 MMSEG_CONFIG = "maskformer/maskformer_r50-d32_8xb2-160k_ade20k-512x512.py"
@@ -136,11 +137,8 @@ def _register() -> None:
         def __iter__(self) -> Iterator[int]:
             step = 0
             while True:
-                rng = np.random.default_rng([self.seed, step])
-                if self.probabilities is None:
-                    indices = rng.integers(self.n, size=self.batch_size)
-                else:
-                    indices = rng.choice(self.n, size=self.batch_size, p=self.probabilities)
+                indices = step_indices(np.random.default_rng([self.seed, step]), self.n, self.batch_size,
+                                       self.probabilities)
                 _seed_globals(self.seed, step)
                 yield from (int(i) for i in indices)
                 step += 1

@@ -351,13 +351,18 @@ def _distorts(cfg: SegmenterConfig, source: DataSource) -> bool:
     return cfg.color_aug == "all" or (cfg.color_aug == "synthetic" and source.synthetic)
 
 
+def step_indices(rng: np.random.Generator, n: int, batch_size: int, probabilities: np.ndarray | None) -> np.ndarray:
+    """A step's sample indices out of `n`: uniform, or by `probabilities` (`source_probabilities`);
+    both backends draw with it from rng(seed, step)."""
+    if probabilities is None:
+        return rng.integers(n, size=batch_size)
+    return rng.choice(n, size=batch_size, p=probabilities)
+
+
 def _batch(data: SegmentationSet, cfg: SegmenterConfig, step: int, num_labels: int, device):
     """Step `step`'s batch: sample indices and augmentation from rng(seed, step) only."""
     rng = np.random.default_rng([cfg.seed, step])
-    if data.probabilities is None:
-        indices = rng.integers(len(data), size=cfg.batch_size)
-    else:
-        indices = rng.choice(len(data), size=cfg.batch_size, p=data.probabilities)
+    indices = step_indices(rng, len(data), cfg.batch_size, data.probabilities)
     samples = [augment(*data.load(int(i)), cfg, rng, distort=_distorts(cfg, data.items[int(i)][0])) for i in indices]
     images = np.stack([s[0] for s in samples]).astype(np.float32) / 255.0
     x = torch.from_numpy((images - MEAN) / STD).permute(0, 3, 1, 2).contiguous().to(device)  # (B, 3, S, S)
