@@ -239,6 +239,18 @@ def test_source_shares_set_the_sampling_probabilities(voc):
         DataSource(str(voc), "train", share=1.5)
 
 
+def test_source_probabilities_from_shares_and_sizes():
+    from groundiff.segmenter.train import source_probabilities
+
+    # 0.5 to the first 2 items; the other half split by size over the 3 without a share; empty sources get 0
+    np.testing.assert_allclose(source_probabilities([0.5, None, None], [2, 3, 0]), [0.25, 0.25] + [0.5 / 3] * 3)
+    assert source_probabilities([None, None], [4, 5]) is None
+    with pytest.raises(ValueError, match="synthetic has a share but no samples"):
+        source_probabilities([0.5, None], [0, 3], ["synthetic", "real"])
+    with pytest.raises(ValueError, match="sum to 1.2"):
+        source_probabilities([0.6, 0.6], [2, 2])
+
+
 @pytest.mark.parametrize("kind", ["resnet", "swin"])
 def test_pretrained_backbone_weights_are_loaded(tmp_path, kind):
     """`backbone` = a saved checkpoint folder (a hub id works the same): weights land in the encoder."""

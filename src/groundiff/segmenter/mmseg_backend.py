@@ -130,9 +130,8 @@ def _register() -> None:
             sizes = [len(d) for d in getattr(dataset, "datasets", [dataset])]
             if len(sizes) != len(shares):
                 raise ValueError(f"{len(shares)} shares for {len(sizes)} datasets")
-            sources = [DataSource(root=str(i), split=str(i), share=s) for i, s in enumerate(shares)]
             self.n, self.batch_size, self.seed = sum(sizes), batch_size, seed
-            self.probabilities = source_probabilities(sources, sizes)
+            self.probabilities = source_probabilities(shares, sizes)
 
         def __iter__(self) -> Iterator[int]:
             step = 0

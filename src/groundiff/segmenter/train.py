@@ -69,21 +69,24 @@ class DataSource:
         return f"{self.root}:{self.split} ({self.labels}{hidden}{share})"
 
 
-def source_probabilities(sources: Sequence[DataSource], sizes: Sequence[int]) -> np.ndarray | None:
-    """Per-item sampling probabilities over the concatenation of `sources` with `sizes` items each,
-    from their shares (the module docstring); None when no source has a share (uniform)."""
-    if all(s.share is None for s in sources):
+def source_probabilities(shares: Sequence[float | None], sizes: Sequence[int],
+                         names: Sequence[str] | None = None) -> np.ndarray | None:
+    """Per-item sampling probabilities over the concatenation of sources with these `shares` and
+    `sizes` items each (the module docstring); None when no source has a share (uniform). `names`
+    label the sources in errors."""
+    if all(share is None for share in shares):
         return None
-    for source, n in zip(sources, sizes):
-        if source.share is not None and n == 0:
-            raise ValueError(f"{source} has a share but no samples")
-    fixed = sum(s.share for s in sources if s.share is not None)
-    rest = sum(n for s, n in zip(sources, sizes) if s.share is None)
+    names = names or [f"source {i}" for i in range(len(shares))]
+    for name, share, n in zip(names, shares, sizes):
+        if share is not None and n == 0:
+            raise ValueError(f"{name} has a share but no samples")
+    fixed = sum(share for share in shares if share is not None)
+    rest = sum(n for share, n in zip(shares, sizes) if share is None)
     if fixed > 1.0 + 1e-9 or (rest == 0 and abs(fixed - 1.0) > 1e-9):
         raise ValueError(f"source shares sum to {fixed:g}: they must sum to 1, or to less when some "
                          "sources have no share (those split the rest by size)")
-    per_item = [(s.share / n if s.share is not None else (1.0 - fixed) / rest) if n else 0.0
-                for s, n in zip(sources, sizes)]
+    per_item = [(share / n if share is not None else (1.0 - fixed) / rest) if n else 0.0
+                for share, n in zip(shares, sizes)]
     probs = np.concatenate([np.full(n, p) for p, n in zip(per_item, sizes)])
     return probs / probs.sum()
 
@@ -103,7 +106,7 @@ class SegmentationSet:
     def _probabilities(self) -> np.ndarray | None:
         """Per-item sampling probabilities from the sources' shares (None: uniform over the union)."""
         sizes = [sum(1 for source, _ in self.items if source == s) for s in self.sources]
-        return source_probabilities(self.sources, sizes)
+        return source_probabilities([s.share for s in self.sources], sizes, [str(s) for s in self.sources])
 
     def __len__(self) -> int:
         return len(self.items)
