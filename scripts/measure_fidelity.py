@@ -1,0 +1,56 @@
+"""Measure a candidate world model's fidelity (does it draw what it is told?) before it is shipped.
+
+    OMP_NUM_THREADS=1 python scripts/measure_fidelity.py --pipeline /tmp/world_v2_candidate --out /tmp/fid.json
+
+The `world_fidelity` stage's measurement (`groundiff.worlds.fidelity.run_fidelity`: params.yaml's
+prompts and sampling, the world's detector as judge) on any pipeline folder, at the precision given
+(fp32 by default: bf16 is emulated, 35x slower, on CPUs without AVX512-BF16). Writes the metrics, the
+bars of issue 26 (one-object >= 95%, two-object both >= 85%) and the seconds it took, as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from groundiff.core.params import Params
+from groundiff.diffusion.pipeline import load_pipeline
+from groundiff.worlds.fidelity import markdown_table, run_fidelity
+from groundiff.worlds.oracle import TorchvisionOracle
+from groundiff.worlds.shapes import CLASSES
+
+V2_BARS = {"one_object_recall": 0.95, "two_object_both_recall": 0.85}  # issue 26's bars for world v2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pipeline", required=True, help="diffusers pipeline folder")
+    parser.add_argument("--detector", default="worlds/shapes/detector", help="the oracle's folder (shapes world)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
+    args = parser.parse_args()
+
+    cfg = Params().section("world_fidelity")
+    cfg = replace(cfg, sampling=replace(cfg.sampling, precision=args.precision))
+    pipe = load_pipeline(args.pipeline, args.device)
+    oracle = TorchvisionOracle.from_pretrained(args.detector, args.device, score_threshold=0.05)  # as the stage
+    start = time.perf_counter()
+    metrics, _, _ = run_fidelity(pipe, oracle, CLASSES, cfg)
+    seconds = time.perf_counter() - start
+    bars = {k: metrics[k] >= v for k, v in V2_BARS.items()}
+    out = {"pipeline": args.pipeline, "config": asdict(cfg), "metrics": metrics, "v2_bars": V2_BARS,
+           "v2_bars_met": bars, "seconds": round(seconds, 1), "torch_threads": torch.get_num_threads()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(markdown_table(metrics))
+    print(f"bars {V2_BARS}: {bars}; {seconds:.0f} s; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Tabulate world v2's training checks against world v1 and the bars (issue 26).
+
+    python scripts/world_v2_progress.py      # reads reports/world_v2/step*_{binding,fidelity}.json
+
+Each probe of the unfinished UNet (`scripts/train_world_v2.py --probe --out DIR`) is measured by
+`scripts/measure_binding.py --out reports/world_v2/stepN_binding.json` and
+`scripts/measure_fidelity.py --out reports/world_v2/stepN_fidelity.json`; world v1's row comes from
+the shipped model's metrics (`metrics/world_binding.json`, `metrics/world_fidelity.json`). Writes
+reports/world_v2/progress.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from groundiff.core import paths
+from groundiff.worlds.bars import BINDING_BARS
+
+DIR = paths.REPORTS / "world_v2"
+FIDELITY_V2_BARS = {"one_object_recall": 0.95, "two_object_both_recall": 0.85}  # issue 26
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def row(label: str, binding: dict | None, fidelity: dict | None) -> str:
+    cells = [label]
+    if binding:
+        att = binding["attention"]
+        cells += [f"{binding['cosine']['class_word']['mean']:.3f}", f"{att['daam_miou']:.1f}",
+                  f"{att['layers_inside_gt_outside']} / {att['n_layers']}", f"{att['scored']} of {att['images']}"]
+    else:
+        cells += ["–"] * 4
+    cells += [_pct(fidelity and fidelity["one_object_recall"]), _pct(fidelity and fidelity["two_object_both_recall"])]
+    return "| " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    v1_binding = json.loads(paths.metrics("world_binding").read_text())
+    v1_fidelity = json.loads(paths.metrics("world_fidelity").read_text())
+    steps = sorted({int(m.group(1)) for p in DIR.glob("step*_*.json") if (m := re.match(r"step(\d+)_", p.name))})
+    lines = [
+        "# World v2: checks during training",
+        "",
+        "Written by `scripts/world_v2_progress.py` from the probes' measurements in this folder. DAAM is",
+        "scored against the oracle on one-object images (those where the oracle finds the object); the",
+        "probes measure 2 images per class (`scripts/measure_binding.py`), v1's row is the `world_binding`",
+        "stage (10 per class). Fidelity: the `world_fidelity` stage's 400 prompts in fp32",
+        "(`scripts/measure_fidelity.py`), v1's row the stage's own (bf16).",
+        "",
+        "| model | class-word cosine | DAAM mIoU | layers inside > outside | DAAM images scored | "
+        "one-object fidelity | two-object both found |",
+        "|---|---|---|---|---|---|---|",
+        f"| bar | ≤ {BINDING_BARS['class_word_cosine_mean_at_most']} | ≥ {BINDING_BARS['daam_miou_at_least']:.0f} | "
+        f"{BINDING_BARS['layers_inside_gt_outside']} | | ≥ {_pct(FIDELITY_V2_BARS['one_object_recall'])} | "
+        f"≥ {_pct(FIDELITY_V2_BARS['two_object_both_recall'])} |",
+        row("v1 (shipped)", v1_binding, v1_fidelity),
+    ]
+    for step in steps:
+        binding, fidelity = (DIR / f"step{step}_binding.json", DIR / f"step{step}_fidelity.json")
+        lines.append(row(f"v2, UNet step {step}",
+                         json.loads(binding.read_text()) if binding.exists() else None,
+                         json.loads(fidelity.read_text())["metrics"] if fidelity.exists() else None))
+    out = DIR / "progress.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()
