@@ -1,6 +1,8 @@
 """Measure a candidate world model's fidelity (does it draw what it is told?) before it is shipped.
 
     OMP_NUM_THREADS=1 python scripts/measure_fidelity.py --pipeline /tmp/world_v2_candidate --out /tmp/fid.json
+    python scripts/measure_fidelity.py --pipeline DIR --out reports/world_v2/step3000_fidelity.json \
+        --grid reports/world_v2/step3000_fidelity.png
 
 The `world_fidelity` stage's measurement (`groundiff.worlds.fidelity.run_fidelity`: params.yaml's
 prompts and sampling, the world's detector as judge) on any pipeline folder, at the precision given
@@ -20,7 +22,7 @@ import torch
 
 from groundiff.core.params import Params
 from groundiff.diffusion.pipeline import load_pipeline
-from groundiff.worlds.fidelity import markdown_table, run_fidelity
+from groundiff.worlds.fidelity import markdown_table, run_fidelity, sample_grid
 from groundiff.worlds.oracle import TorchvisionOracle
 from groundiff.worlds.shapes import CLASSES
 
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
+    parser.add_argument("--grid", type=Path, help="also save the stage's sample grid (PNG) here")
     args = parser.parse_args()
 
     cfg = Params().section("world_fidelity")
@@ -41,13 +44,16 @@ def main() -> None:
     pipe = load_pipeline(args.pipeline, args.device)
     oracle = TorchvisionOracle.from_pretrained(args.detector, args.device, score_threshold=0.05)  # as the stage
     start = time.perf_counter()
-    metrics, _, _ = run_fidelity(pipe, oracle, CLASSES, cfg)
+    metrics, images, table = run_fidelity(pipe, oracle, CLASSES, cfg)
     seconds = time.perf_counter() - start
     bars = {k: metrics[k] >= v for k, v in V2_BARS.items()}
     out = {"pipeline": args.pipeline, "config": asdict(cfg), "metrics": metrics, "v2_bars": V2_BARS,
            "v2_bars_met": bars, "seconds": round(seconds, 1), "torch_threads": torch.get_num_threads()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
+    if args.grid:
+        args.grid.parent.mkdir(parents=True, exist_ok=True)
+        sample_grid(images, table, len(CLASSES), cfg.prompts).save(args.grid)
     print(markdown_table(metrics))
     print(f"bars {V2_BARS}: {bars}; {seconds:.0f} s; wrote {args.out}")
 

@@ -11,6 +11,7 @@ reports/world_v2/progress.md.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -39,9 +40,12 @@ def row(label: str, binding: dict | None, fidelity: dict | None) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dir", type=Path, default=DIR, help="the probes' JSON; progress.md is written here")
+    folder = parser.parse_args().dir
     v1_binding = json.loads(paths.metrics("world_binding").read_text())
     v1_fidelity = json.loads(paths.metrics("world_fidelity").read_text())
-    steps = sorted({int(m.group(1)) for p in DIR.glob("step*_*.json") if (m := re.match(r"step(\d+)_", p.name))})
+    steps = sorted({int(m.group(1)) for p in folder.glob("step*_*.json") if (m := re.match(r"step(\d+)_", p.name))})
     lines = [
         "# World v2: checks during training",
         "",
@@ -60,11 +64,11 @@ def main() -> None:
         row("v1 (shipped)", v1_binding, v1_fidelity),
     ]
     for step in steps:
-        binding, fidelity = (DIR / f"step{step}_binding.json", DIR / f"step{step}_fidelity.json")
+        binding, fidelity = (folder / f"step{step}_binding.json", folder / f"step{step}_fidelity.json")
         lines.append(row(f"v2, UNet step {step}",
                          json.loads(binding.read_text()) if binding.exists() else None,
                          json.loads(fidelity.read_text())["metrics"] if fidelity.exists() else None))
-    out = DIR / "progress.md"
+    out = folder / "progress.md"
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
 

@@ -120,3 +120,27 @@ def test_bad_text_encoder_settings_are_clear_errors(tmp_path):
         replace(TINY, init_pipeline="worlds/shapes/diffusion")
     with pytest.raises(FileNotFoundError, match="no loadable vae"):
         train_diffusion(replace(V2, init_pipeline=str(tmp_path / "nowhere")), OPTS, tmp_path / "o", tmp_path / "w")
+
+
+def test_progress_table_lists_v1_and_each_probe_with_what_was_measured(tmp_path):
+    """scripts/world_v2_progress.py: v1's row from metrics/, one row per probe step in step order,
+    '–' where a probe has no fidelity measurement yet."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copy(root / "reports/world_v2/step1000_binding.json", tmp_path / "step1000_binding.json")
+    shutil.copy(root / "reports/world_v2/step1000_fidelity.json", tmp_path / "step1000_fidelity.json")
+    binding = json.loads((tmp_path / "step1000_binding.json").read_text())
+    binding["attention"]["daam_miou"] = 55.55
+    (tmp_path / "step200_binding.json").write_text(json.dumps(binding))
+    subprocess.run([sys.executable, "scripts/world_v2_progress.py", "--dir", str(tmp_path)], cwd=root,
+                   check=True, capture_output=True)
+    rows = [line for line in (tmp_path / "progress.md").read_text().splitlines() if line.startswith("| v")]
+    assert [r.split(" | ")[0] for r in rows] == ["| v1 (shipped)", "| v2, UNet step 200", "| v2, UNet step 1000"]
+    assert "55.5" in rows[1] and rows[1].endswith("| – | – |")
+    fidelity = json.loads((tmp_path / "step1000_fidelity.json").read_text())["metrics"]
+    assert rows[2].endswith(f"| {100 * fidelity['one_object_recall']:.1f}% | "
+                            f"{100 * fidelity['two_object_both_recall']:.1f}% |")
