@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the mmsegmentation backend (train_segmenter.segmenter.backend: mmseg) into .venv:
 #
-#     bash scripts/install_mmseg.sh          # first run ~20 min on 2 cores (builds mmcv), then seconds
+#     bash scripts/install_mmseg.sh          # first run 15-20 min on 2 cores (builds mmcv), then seconds
 #
 # mmsegmentation 1.2 needs the *compiled* mmcv < 2.2 (mmcv-lite lacks mmcv.ops), and the registry
 # only has mmcv 2.1.0 as source for this torch. This script:
@@ -46,7 +46,7 @@ if [ -z "$wheel" ]; then
              cp "$log" "${TMPDIR:-/tmp}/groundiff-mmcv-build.log" 2>/dev/null && say "full log kept at ${TMPDIR:-/tmp}/groundiff-mmcv-build.log"
              say ".venv is unchanged"; exit 1; }
     : > "$log"
-    say "no cached mmcv $MMCV_VERSION wheel in $WHEELS: building it (about 20 min on 2 cores, $JOBS jobs)"
+    say "no cached mmcv $MMCV_VERSION wheel in $WHEELS: building it (15-20 min on 2 cores, $JOBS jobs)"
     $PY - "$MMCV_URL" "$MMCV_SHA256" "$build/mmcv.tar.gz" <<'PY' >>"$log" 2>&1 || fail "downloading $MMCV_URL"
 import hashlib, sys, urllib.request
 url, sha, out = sys.argv[1:]
