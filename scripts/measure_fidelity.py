@@ -5,7 +5,8 @@
         --grid reports/world_v2/step3000_fidelity.png
 
 The `world_fidelity` stage's measurement (`groundiff.worlds.fidelity.run_fidelity`: params.yaml's
-prompts and sampling, the world's detector as judge) on any pipeline folder, at the precision given
+prompts and sampling, the world's classes and oracle as the stage loads them) on any pipeline folder,
+at the precision given
 (fp32 by default: bf16 is emulated, 35x slower, on CPUs without AVX512-BF16). Writes the metrics, the
 bars of issue 26 (one-object >= 95%, two-object both >= 85%) and the seconds it took, as JSON.
 """
@@ -22,40 +23,37 @@ import torch
 
 from groundiff.core.params import Params
 from groundiff.diffusion.pipeline import load_pipeline
+from groundiff.worlds.active import World
+from groundiff.worlds.bars import FIDELITY_V2_BARS
 from groundiff.worlds.fidelity import markdown_table, run_fidelity, sample_grid
-from groundiff.worlds.oracle import TorchvisionOracle
-from groundiff.worlds.shapes import CLASSES
-
-V2_BARS = {"one_object_recall": 0.95, "two_object_both_recall": 0.85}  # issue 26's bars for world v2
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pipeline", required=True, help="diffusers pipeline folder")
-    parser.add_argument("--detector", default="worlds/shapes/detector", help="the oracle's folder (shapes world)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
     parser.add_argument("--grid", type=Path, help="also save the stage's sample grid (PNG) here")
     args = parser.parse_args()
 
-    cfg = Params().section("world_fidelity")
+    params = Params()
+    world, cfg = World(params), params.section("world_fidelity")
     cfg = replace(cfg, sampling=replace(cfg.sampling, precision=args.precision))
-    pipe = load_pipeline(args.pipeline, args.device)
-    oracle = TorchvisionOracle.from_pretrained(args.detector, args.device, score_threshold=0.05)  # as the stage
+    pipe = load_pipeline(args.pipeline, params.world.device)
+    oracle = world.load_oracle()
     start = time.perf_counter()
-    metrics, images, table = run_fidelity(pipe, oracle, CLASSES, cfg)
+    metrics, images, table = run_fidelity(pipe, oracle, world.classes, cfg)
     seconds = time.perf_counter() - start
-    bars = {k: metrics[k] >= v for k, v in V2_BARS.items()}
-    out = {"pipeline": args.pipeline, "config": asdict(cfg), "metrics": metrics, "v2_bars": V2_BARS,
+    bars = {k: metrics[k] >= v for k, v in FIDELITY_V2_BARS.items()}
+    out = {"pipeline": args.pipeline, "config": asdict(cfg), "metrics": metrics, "v2_bars": FIDELITY_V2_BARS,
            "v2_bars_met": bars, "seconds": round(seconds, 1), "torch_threads": torch.get_num_threads()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     if args.grid:
         args.grid.parent.mkdir(parents=True, exist_ok=True)
-        sample_grid(images, table, len(CLASSES), cfg.prompts).save(args.grid)
+        sample_grid(images, table, len(world.classes), cfg.prompts).save(args.grid)
     print(markdown_table(metrics))
-    print(f"bars {V2_BARS}: {bars}; {seconds:.0f} s; wrote {args.out}")
+    print(f"bars {FIDELITY_V2_BARS}: {bars}; {seconds:.0f} s; wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -17,10 +17,9 @@ import re
 from pathlib import Path
 
 from groundiff.core import paths
-from groundiff.worlds.bars import BINDING_BARS
+from groundiff.worlds.bars import BINDING_BARS, FIDELITY_V2_BARS
 
 DIR = paths.REPORTS / "world_v2"
-FIDELITY_V2_BARS = {"one_object_recall": 0.95, "two_object_both_recall": 0.85}  # issue 26
 
 
 def _pct(x: float | None) -> str:
