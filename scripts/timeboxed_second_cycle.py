@@ -1,7 +1,7 @@
 """Train world_diffusion's second cycle as long as a time box allows: how the shipped one was made.
 
     python -m groundiff.stages.world_diffusion --continue      # seed cycle 1 into the state folder
-    python scripts/timeboxed_second_cycle.py BUDGET_S PROBE_STEPS DEVICE WORKERS OUT_DIR [STEPS]
+    python scripts/timeboxed_second_cycle.py [--v2] BUDGET_S PROBE_STEPS DEVICE WORKERS OUT_DIR [STEPS]
     # e.g. on a lent GPU, inside one 10-minute call:  ... 515 400 cuda 8 $OUT
 
 It times PROBE_STEPS steps of the second cycle on a scratch copy of the state, picks the longest
@@ -14,6 +14,12 @@ join the halves into the state folder as unet_cycle2.safetensors, copy the log, 
 it finds every phase done and assembles, records and logs the pipeline.
 The shipped cycle 2 (4500 steps of 256, `finetune_batch_size`) came from `530 300 cuda 8` on an
 H100 (11.6 steps/s); an earlier 4000 steps of 64 from `515 400 cuda 8` on an H200 (10.9 steps/s).
+
+`--v2` trains world v2's second cycle instead (issue 26): `scripts/train_world_v2.py`'s `V2` settings
+with `V2_GPU_CYCLE2` (v1's shipped GPU recipe) over them. Its first phases (mini-CLIP, cycle 1) are
+committed in the state folder, so nothing needs seeding. Back here: join the halves as above, set
+`finetune_steps` and `V2_GPU_CYCLE2` in `V2`, and `scripts/train_world_v2.py --out DIR` assembles it.
+On a GPU the UNet trains in bf16; on a CPU in fp32 (bf16 pays only with AVX512-BF16).
 """
 
 import json
@@ -54,11 +60,19 @@ def probe_rate(cfg: DiffusionConfig, opts: RunOptions, probe_steps: int) -> floa
 
 def main(argv: list[str]) -> None:
     t0 = time.time()
+    v2 = "--v2" in argv
+    argv = [a for a in argv if a != "--v2"]
     budget, probe_steps, device, workers, out = float(argv[0]), int(argv[1]), argv[2], int(argv[3]), Path(argv[4])
     cfg = Params().section("world_diffusion").model
-    opts = RunOptions(device=device, mixed_precision="bf16", checkpoint_every=10**6,
+    if v2:
+        from train_world_v2 import V2, V2_GPU_CYCLE2  # this script's folder is on sys.path
+
+        cfg = replace(cfg, **{**V2, **V2_GPU_CYCLE2})
+    # bf16 on a GPU; on a CPU only where AVX512-BF16 exists (emulated ~35x slower on AVX2): fp32 there
+    opts = RunOptions(device=device, mixed_precision="bf16" if device.startswith("cuda") else "no", checkpoint_every=10**6,
                       log_every=max(min(20, probe_steps // 4), 1), data_workers=workers)
-    report = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+    report = {"world": "v2" if v2 else "v1",
+              "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
               "torch": torch.__version__, "probe_steps": probe_steps, "budget_s": budget,
               "finetune_batch_size": cfg.finetune_batch_size or cfg.batch_size, "finetune_lr": cfg.finetune_lr}
     rate = probe_rate(cfg, opts, probe_steps)

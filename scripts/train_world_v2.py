@@ -2,7 +2,7 @@
 
     python scripts/train_world_v2.py                # resumable: rerun after an interruption
     python scripts/train_world_v2.py --only-text    # the mini-CLIP text encoder alone (minutes)
-    python scripts/train_world_v2.py --probe --out /tmp/v2_probe   # the unfinished UNet's EMA, assembled
+    python scripts/train_world_v2.py --probe --out /tmp/v2_probe   # the unfinished cycle's EMA, assembled
 
 The model is params.yaml's `world_diffusion.model` with `V2` applied: a mini-CLIP text encoder,
 pretrained and frozen (`worlds/shapes_text.py`), and the UNet warm-started from world v1
@@ -38,8 +38,16 @@ V2 = {
     "batch_size": 32,
     "lr": 0.0005,
     "warmup_steps": 100,
-    "finetune_steps": 0,
+    # Cycle 2 (2026-12-05): v1's CPU recipe for a second cycle (peak lr 4e-4 at batch 64, Min-SNR-gamma 5)
+    # on fresh scenes, from cycle 1's EMA weights; sized to finish in one session on 2 idle cores.
+    "finetune_steps": 1600,
+    "finetune_lr": 0.0004,
+    "finetune_snr_gamma": 5.0,
+    "finetune_batch_size": 64,
 }
+# On a lent GPU (`scripts/timeboxed_second_cycle.py --v2`): v1's shipped second cycle, batch 256 at
+# peak lr 8e-4 (4e-4 at batch 64 scaled by sqrt(4)), Min-SNR-gamma 5; its length fits the time box.
+V2_GPU_CYCLE2 = {"finetune_lr": 0.0008, "finetune_snr_gamma": 5.0, "finetune_batch_size": 256}
 
 
 def main() -> None:
@@ -75,24 +83,30 @@ def main() -> None:
 
 
 def probe(cfg, opts: RunOptions, out: Path) -> None:
-    """The pipeline train_diffusion would assemble, with the UNet's EMA weights at the state's last
-    checkpoint: measure it (scripts/measure_binding.py) to see whether the run is on track."""
+    """The pipeline train_diffusion would assemble, with the UNet's EMA weights at the last checkpoint
+    of the newest cycle that has one: measure it (scripts/measure_binding.py, measure_fidelity.py) to
+    see whether the run is on track. Its step is printed on the one axis both cycles share (cycle 2's
+    step s is cycle 1's steps + s), which names the probe's reports."""
     from safetensors import safe_open
 
-    from groundiff.worlds.shapes_diffusion import (_clip_batches, assemble_pipeline, latent_scaling_factor,
-                                                   warm_start)
+    from groundiff.worlds.shapes_diffusion import (_clip_batches, _offset, assemble_pipeline, cycles,
+                                                   latent_scaling_factor, warm_start)
     from groundiff.worlds.shapes_text import train_text_encoder
 
     comps = build_components(cfg)
     train_text_encoder(comps["text_encoder"], comps["tokenizer"], cfg, opts, STATE, _clip_batches(cfg))  # finished: loads
     warm_start(comps, cfg)
-    state = STATE / "unet_cycle1_state.safetensors"
-    with safe_open(str(state), "pt") as f:
+    started = [c for c in cycles(cfg) if (STATE / f"{c.prefix}state.safetensors").exists()]
+    if not started:
+        raise SystemExit(f"no UNet cycle has a checkpoint in {STATE} yet: run this script without --probe first")
+    cycle = started[-1]
+    with safe_open(str(STATE / f"{cycle.prefix}state.safetensors"), "pt") as f:
         step = json.loads(f.metadata()["meta"])["step"]
         comps["unet"].load_state_dict({k[len("ema_unet."):]: f.get_tensor(k) for k in f.keys() if k.startswith("ema_unet.")})
     pipe = assemble_pipeline(comps, latent_scaling_factor(comps["vae"], cfg, "cpu"))
     pipe.save_pretrained(out, safe_serialization=True)
-    print(f"probe: the UNet's EMA at step {step} of {cfg.steps}, assembled in {out}")
+    print(f"probe: the UNet's EMA at {cycle.name} step {step} of {cycle.steps} "
+          f"(UNet step {_offset(cfg, cycle) + step}), assembled in {out}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ def main() -> None:
         "`scripts/measure_binding.py`, 2 or 10 prompts per class (the images column; the first 2 per class",
         "are the same prompts); v1's row is the `world_binding` stage (10 per class). Fidelity: the",
         "`world_fidelity` stage's 400 prompts in fp32 (`scripts/measure_fidelity.py`), v1's row the",
-        "stage's own (bf16).",
+        "stage's own (bf16). UNet steps count both cycles on one axis: cycle 2's step s is cycle 1's",
+        "steps + s (`scripts/train_world_v2.py --probe` prints it).",
         "",
         "| model | class-word cosine | DAAM mIoU | layers inside > outside | DAAM images scored | "
         "one-object fidelity | two-object both found |",
