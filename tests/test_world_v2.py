@@ -144,3 +144,23 @@ def test_progress_table_lists_v1_and_each_probe_with_what_was_measured(tmp_path)
     fidelity = json.loads((tmp_path / "step1000_fidelity.json").read_text())["metrics"]
     assert rows[2].endswith(f"| {100 * fidelity['one_object_recall']:.1f}% | "
                             f"{100 * fidelity['two_object_both_recall']:.1f}% |")
+
+
+def test_token_attention_splits_each_layers_object_attention_between_class_eos_and_pad(tmp_path):
+    """scripts/token_attention.py on the shipped world (1 image per class): every traced layer has the
+    three token groups, their shares of the attention inside the object sum to 1, and AUROCs are in [0, 1]."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "tokens.json"
+    subprocess.run([sys.executable, "scripts/token_attention.py", "--per-class", "1", "--batch-size", "10",
+                    "--out", str(out)], cwd=root, check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert report["images"] == 10 and 0 < report["scored"] <= 10
+    assert len(report["layers"]) == 7  # the shapes UNet's cross-attention layers
+    for groups in report["layers"].values():
+        assert set(groups) == {"class", "<eos>", "<pad>"}
+        assert sum(g["share_inside"] for g in groups.values()) == pytest.approx(1.0, abs=1e-3)
+        assert all(0.0 <= g["auroc"] <= 1.0 and g["inside"] > 0 for g in groups.values())
