@@ -4,7 +4,8 @@
 
 Issue 26's question: does a UNet trained longer read the object from the caption-wide tokens
 (`<eos>`, `<pad>`: in a CLIP they carry the whole caption) instead of the class word? For the
-`world_binding` stage's one-object prompts and seeds (`binding_prompts`), each image is generated
+`world_binding` stage's one-object prompts, seeds, sampling and oracle (params.yaml's
+`world_binding`, the active world's classes and detector), each image is generated
 with every cross-attention layer traced (`DAAMTrace(all_layers=True)`), the shapes world's oracle
 gives the object's mask, and per layer and token group the attention map (mean over heads and the
 group's positions, summed over steps as `layer_maps` returns it, divided by the steps) is read:
@@ -18,18 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from groundiff.core.schema import BindingConfig, SamplingConfig
+from groundiff.core.params import Params
 from groundiff.diffusion.daam import DAAMTrace
 from groundiff.diffusion.pipeline import generate, image_size, load_pipeline
 from groundiff.diffusion.text import token_positions
-from groundiff.worlds.binding import auroc, binding_prompts
-from groundiff.worlds.oracle import TorchvisionOracle
-from groundiff.worlds.shapes import CLASSES
+from groundiff.worlds.active import World
+from groundiff.worlds.binding import binding_prompts, inside_outside
 
 GROUPS = ("class", "<eos>", "<pad>")
 
@@ -37,18 +38,17 @@ GROUPS = ("class", "<eos>", "<pad>")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pipeline", default="worlds/shapes/diffusion", help="diffusers pipeline folder")
-    parser.add_argument("--detector", default="worlds/shapes/detector", help="the oracle's folder (shapes world)")
     parser.add_argument("--per-class", type=int, default=2, help="one-object images per class")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, required=True, help="JSON to write")
     args = parser.parse_args()
 
-    cfg = BindingConfig(per_class=args.per_class,
-                        sampling=SamplingConfig(steps=25, guidance_scale=4.0, batch_size=args.batch_size,
-                                                precision="fp32"))
-    pipe = load_pipeline(args.pipeline, "cpu")
-    oracle = TorchvisionOracle.from_pretrained(args.detector, "cpu", score_threshold=cfg.oracle_score_threshold)
-    table = binding_prompts(CLASSES, cfg)
+    params = Params()
+    world, cfg = World(params), params.section("world_binding")
+    cfg = replace(cfg, per_class=args.per_class, sampling=replace(cfg.sampling, batch_size=args.batch_size))
+    pipe = load_pipeline(args.pipeline, params.world.device)
+    oracle = world.load_oracle(cfg.oracle_score_threshold)
+    table = binding_prompts(world.classes, cfg)
     size, steps = image_size(pipe), cfg.sampling.steps
     values: dict[str, dict[str, dict[str, list[float]]]] = {}  # layer -> group -> stat -> per image
     scored, start = 0, time.perf_counter()
@@ -73,9 +73,8 @@ def main() -> None:
                 for g, group in enumerate(GROUPS):
                     stats = values.setdefault(layer, {}).setdefault(group, {"inside": [], "outside": [],
                                                                             "auroc": [], "share_inside": []})
-                    stats["inside"].append(float(m[g][mask].mean()))
-                    stats["outside"].append(float(m[g][~mask].mean()))
-                    stats["auroc"].append(auroc(m[g], mask))
+                    for key, value in zip(("inside", "outside", "auroc"), inside_outside(m[g], mask)):
+                        stats[key].append(value)
                     stats["share_inside"].append(mass[g] / sum(mass))
     layers = {layer.split(".attn2")[0]: {group: {k: round(float(np.nanmean(v)), 4) for k, v in stats.items()}
                                          for group, stats in groups.items()}

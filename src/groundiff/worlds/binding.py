@@ -137,7 +137,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _inside_outside(values: np.ndarray, mask: np.ndarray) -> tuple[float, float, float]:
+def inside_outside(values: np.ndarray, mask: np.ndarray) -> tuple[float, float, float]:
     """(mean inside the mask, mean outside, AUROC) of one map; NaN where a side is empty."""
     inside = float(values[mask].mean()) if mask.any() else float("nan")
     outside = float(values[~mask].mean()) if (~mask).any() else float("nan")
@@ -195,7 +195,7 @@ def attention_binding(pipe, oracle: Oracle, classes: Sequence[str], cfg: Binding
             record.update(found=True, iou=_iou(heat[i] > cfg.daam_threshold, target))
             maps = {DAAM_ROW: heat[i], **{n: m[0].cpu().numpy() / steps for n, m in layers[i].items()}}
             for row, values in maps.items():
-                inside, outside, area = _inside_outside(values, target)
+                inside, outside, area = inside_outside(values, target)
                 row_stats = stats.setdefault(row, {"inside": [], "outside": [], "gt": [], "auroc": []})
                 row_stats["inside"].append(inside)
                 row_stats["outside"].append(outside)
