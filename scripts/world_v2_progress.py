@@ -5,8 +5,9 @@
 Each probe of the unfinished UNet (`scripts/train_world_v2.py --probe --out DIR`) is measured by
 `scripts/measure_binding.py --out reports/world_v2/stepN_binding.json` and
 `scripts/measure_fidelity.py --out reports/world_v2/stepN_fidelity.json`; world v1's row comes from
-the shipped model's metrics (`metrics/world_binding.json`, `metrics/world_fidelity.json`). Writes
-reports/world_v2/progress.md.
+the shipped model's metrics (`metrics/world_binding.json`, `metrics/world_fidelity.json`). The
+renderer's row, the most a model can reach, is `scripts/measure_fidelity.py --renderer`'s
+(`renderer_fidelity.json`, when it is there). Writes reports/world_v2/progress.md.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def main() -> None:
         "are the same prompts); v1's row is the `world_binding` stage (10 per class). Fidelity: the",
         "`world_fidelity` stage's 400 prompts in fp32 (`scripts/measure_fidelity.py`), v1's row the",
         "stage's own (bf16). UNet steps count both cycles on one axis: cycle 2's step s is cycle 1's",
-        "steps + s (`scripts/train_world_v2.py --probe` prints it).",
+        "steps + s (`scripts/train_world_v2.py --probe` prints it). The renderer's row scores the scenes",
+        "the renderer draws for the same prompts and seeds (`scripts/measure_fidelity.py --renderer`):",
+        "what the oracle finds there is the most a model can reach.",
         "",
         "| model | class-word cosine | DAAM mIoU | layers inside > outside | DAAM images scored | "
         "one-object fidelity | two-object both found |",
@@ -62,8 +65,11 @@ def main() -> None:
         f"| bar | ≤ {BINDING_BARS['class_word_cosine_mean_at_most']} | ≥ {BINDING_BARS['daam_miou_at_least']:.0f} | "
         f"{BINDING_BARS['layers_inside_gt_outside']} | | ≥ {_pct(FIDELITY_V2_BARS['one_object_recall'])} | "
         f"≥ {_pct(FIDELITY_V2_BARS['two_object_both_recall'])} |",
-        row("v1 (shipped)", v1_binding, v1_fidelity),
     ]
+    renderer = folder / "renderer_fidelity.json"
+    if renderer.exists():
+        lines.append(row("renderer's own scenes (the ceiling)", None, json.loads(renderer.read_text())["metrics"]))
+    lines.append(row("v1 (shipped)", v1_binding, v1_fidelity))
     for step in steps:
         binding, fidelity = (folder / f"step{step}_binding.json", folder / f"step{step}_fidelity.json")
         lines.append(row(f"v2, UNet step {step}",

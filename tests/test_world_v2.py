@@ -123,8 +123,8 @@ def test_bad_text_encoder_settings_are_clear_errors(tmp_path):
 
 
 def test_progress_table_lists_v1_and_each_probe_with_what_was_measured(tmp_path):
-    """scripts/world_v2_progress.py: v1's row from metrics/, one row per probe step in step order,
-    '–' where a probe has no fidelity measurement yet."""
+    """scripts/world_v2_progress.py: the renderer's row when it was measured, v1's row from metrics/,
+    one row per probe step in step order, '–' where a probe has no fidelity measurement yet."""
     import json
     import shutil
     import subprocess
@@ -140,10 +140,34 @@ def test_progress_table_lists_v1_and_each_probe_with_what_was_measured(tmp_path)
                    check=True, capture_output=True)
     rows = [line for line in (tmp_path / "progress.md").read_text().splitlines() if line.startswith("| v")]
     assert [r.split(" | ")[0] for r in rows] == ["| v1 (shipped)", "| v2, UNet step 200", "| v2, UNet step 1000"]
+    assert "| renderer" not in (tmp_path / "progress.md").read_text()  # not measured in this folder
     assert "55.5" in rows[1] and rows[1].endswith("| – | – |")
     fidelity = json.loads((tmp_path / "step1000_fidelity.json").read_text())["metrics"]
     assert rows[2].endswith(f"| {100 * fidelity['one_object_recall']:.1f}% | "
                             f"{100 * fidelity['two_object_both_recall']:.1f}% |")
+
+
+def test_renderer_fidelity_scores_the_renderers_own_scenes_for_the_stages_prompts(tmp_path):
+    """scripts/measure_fidelity.py --renderer: the oracle on the scenes the renderer draws for
+    world_fidelity's prompts (the ceiling for a model); the progress table shows it as its own row."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "renderer_fidelity.json"
+    subprocess.run([sys.executable, "scripts/measure_fidelity.py", "--renderer", "--out", str(out)], cwd=root,
+                   check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    assert result["pipeline"] == "renderer" and result["metrics"]["images"] == 400
+    # the oracle finds what the renderer draws: a model's fidelity is bounded by this, not by the bars
+    assert result["metrics"]["one_object_recall"] >= 0.95 and result["metrics"]["two_object_both_recall"] >= 0.85
+    assert result["metrics"] == json.loads((root / "reports/world_v2/renderer_fidelity.json").read_text())["metrics"]
+    subprocess.run([sys.executable, "scripts/world_v2_progress.py", "--dir", str(tmp_path)], cwd=root,
+                   check=True, capture_output=True)
+    rows = [line for line in (tmp_path / "progress.md").read_text().splitlines() if line.startswith("| renderer")]
+    assert len(rows) == 1 and rows[0].endswith(f"| {100 * result['metrics']['one_object_recall']:.1f}% | "
+                                               f"{100 * result['metrics']['two_object_both_recall']:.1f}% |")
 
 
 def test_token_attention_splits_each_layers_object_attention_between_class_eos_and_pad(tmp_path):
