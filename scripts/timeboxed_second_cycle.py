@@ -17,8 +17,14 @@ H100 (11.6 steps/s); an earlier 4000 steps of 64 from `515 400 cuda 8` on an H20
 
 `--v2` trains world v2's second cycle instead (issue 26): `scripts/train_world_v2.py`'s `V2` settings
 with `V2_GPU_CYCLE2` (v1's shipped GPU recipe) over them. Its first phases (mini-CLIP, cycle 1) are
-committed in the state folder, so nothing needs seeding. Back here: join the halves as above, set
-`finetune_steps` and `V2_GPU_CYCLE2` in `V2`, and `scripts/train_world_v2.py --out DIR` assembles it.
+committed in the state folder, so nothing needs seeding. Its length is a multiple of 1500 and OUT_DIR
+also gets the EMA UNet at its first and second third (`unet_stepN.part0/1`, N on the axis both cycles
+share), so the checkpoint can be chosen by issue 26's bars: binding was best early in the CPU runs and
+fidelity late. That is 8 files, about 60 MB: what one call may bring back. Back here: join each pair
+(`cat X.part0 X.part1 > X.safetensors`); a snapshot is assembled by `scripts/train_world_v2.py --probe
+--snapshot unet_stepN.safetensors --out DIR`; the whole cycle by putting unet_cycle2.safetensors in the
+state folder, setting `finetune_steps` and `V2_GPU_CYCLE2` in `V2` and `scripts/train_world_v2.py --out
+DIR`. Measure each with scripts/measure_binding.py and scripts/measure_fidelity.py.
 On a GPU the UNet trains in bf16; on a CPU in fp32 (bf16 pays only with AVX512-BF16).
 """
 
@@ -36,6 +42,7 @@ from groundiff.core.params import Params
 from groundiff.worlds.shapes_diffusion import (
     DiffusionConfig,
     RunOptions,
+    save_ema_snapshot,
     train_diffusion,
 )
 
@@ -58,6 +65,13 @@ def probe_rate(cfg: DiffusionConfig, opts: RunOptions, probe_steps: int) -> floa
     return (last - first) / (marks[last] - marks[first])
 
 
+def halves(path: Path, out: Path, stem: str) -> None:
+    """`path` as out/stem.part0 and .part1 (one file may not come back from a device call over 16 MiB)."""
+    data = path.read_bytes()
+    (out / f"{stem}.part0").write_bytes(data[:len(data) // 2])
+    (out / f"{stem}.part1").write_bytes(data[len(data) // 2:])
+
+
 def main(argv: list[str]) -> None:
     t0 = time.time()
     v2 = "--v2" in argv
@@ -77,21 +91,31 @@ def main(argv: list[str]) -> None:
               "finetune_batch_size": cfg.finetune_batch_size or cfg.batch_size, "finetune_lr": cfg.finetune_lr}
     rate = probe_rate(cfg, opts, probe_steps)
     remaining = budget - (time.time() - t0) - 30  # the final save and the copy out
-    steps = int(argv[5]) if len(argv) > 5 else int(rate * remaining * 0.9 // 500 * 500)
+    unit = 1500 if v2 else 500  # v2: thirds of the cycle are snapshot
+    steps = int(argv[5]) if len(argv) > 5 else int(rate * remaining * 0.9 // unit * unit)
     report.update(steps_per_s=rate, probe_done_s=time.time() - t0, finetune_steps=steps)
     print(report, flush=True)
     if steps <= 0:
         raise SystemExit("no time left for a second cycle")
 
     t1 = time.time()
-    metrics = train_diffusion(replace(cfg, finetune_steps=steps), replace(opts, log_every=20), Path("/tmp/gd_out"), STATE)
-    report.update(train_s=time.time() - t1, total_s=time.time() - t0, metrics=metrics)
     out.mkdir(parents=True, exist_ok=True)
+    cfg = replace(cfg, finetune_steps=steps)
+    third = steps // 3 if v2 and steps % 3 == 0 else 0
+    snapshots: list[int] = []
+
+    def snapshot(m: dict) -> None:  # called after the step's checkpoint (TrainingLoop)
+        if third and "unet_loss" in m and m["step"] - cfg.steps in (third, 2 * third):
+            tmp = Path("/tmp/gd_snapshot.safetensors")
+            unet_step = save_ema_snapshot(cfg, STATE, tmp)
+            halves(tmp, out, f"unet_step{unet_step}")
+            snapshots.append(unet_step)
+
+    train_opts = replace(opts, log_every=20, checkpoint_every=third or opts.checkpoint_every)
+    metrics = train_diffusion(cfg, train_opts, Path("/tmp/gd_out"), STATE, on_log=snapshot)
+    report.update(train_s=time.time() - t1, total_s=time.time() - t0, metrics=metrics, snapshots=snapshots)
     shutil.copy(STATE / "unet_cycle2_log.csv", out / "unet_cycle2_log.csv")
-    weights = (STATE / "unet_cycle2.safetensors").read_bytes()
-    half = len(weights) // 2
-    (out / "unet_cycle2.part0").write_bytes(weights[:half])
-    (out / "unet_cycle2.part1").write_bytes(weights[half:])
+    halves(STATE / "unet_cycle2.safetensors", out, "unet_cycle2")
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
     print(report, flush=True)
 

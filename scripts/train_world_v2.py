@@ -3,6 +3,7 @@
     python scripts/train_world_v2.py                # resumable: rerun after an interruption
     python scripts/train_world_v2.py --only-text    # the mini-CLIP text encoder alone (minutes)
     python scripts/train_world_v2.py --probe --out /tmp/v2_probe   # the unfinished cycle's EMA, assembled
+    python scripts/train_world_v2.py --probe --snapshot unet_step4500.safetensors --out /tmp/v2_probe
 
 The model is params.yaml's `world_diffusion.model` with `V2` applied: a mini-CLIP text encoder,
 pretrained and frozen (`worlds/shapes_text.py`), and the UNet warm-started from world v1
@@ -14,7 +15,6 @@ check the bars. `--out DIR` assembles the pipeline there (a candidate to measure
 """
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--probe", action="store_true",
                     help="assemble a pipeline from the unfinished UNet's EMA weights into --out (progress checks)")
+    ap.add_argument("--snapshot", type=Path,
+                    help="with --probe: an EMA snapshot file (timeboxed_second_cycle.py --v2) instead of the state")
     ap.add_argument("--out", type=Path, default=Path("/tmp/world_v2_candidate"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -77,37 +79,34 @@ def main() -> None:
               f"<eos> {cosine['eos']['mean']:.3f}; wrote {TEXT_REPORT}")
         return
     if args.probe:
-        probe(cfg, opts, args.out)
+        probe(cfg, opts, args.out, args.snapshot)
         return
     print(train_diffusion(cfg, opts, args.out, STATE))
 
 
-def probe(cfg, opts: RunOptions, out: Path) -> None:
-    """The pipeline train_diffusion would assemble, with the UNet's EMA weights at the last checkpoint
-    of the newest cycle that has one: measure it (scripts/measure_binding.py, measure_fidelity.py) to
-    see whether the run is on track. Its step is printed on the one axis both cycles share (cycle 2's
-    step s is cycle 1's steps + s), which names the probe's reports."""
-    from safetensors import safe_open
-
-    from groundiff.worlds.shapes_diffusion import (_clip_batches, _offset, assemble_pipeline, cycles,
-                                                   latent_scaling_factor, warm_start)
+def probe(cfg, opts: RunOptions, out: Path, snapshot: Path | None = None) -> None:
+    """The pipeline train_diffusion would assemble, with the UNet's EMA weights from `snapshot` (a
+    GPU cycle's, `timeboxed_second_cycle.py --v2`) or else from the last checkpoint of the newest cycle
+    that has one: measure it (scripts/measure_binding.py, measure_fidelity.py) to see whether the run is
+    on track. Its step is printed on the one axis both cycles share (cycle 2's step s is cycle 1's
+    steps + s), which names the probe's reports."""
+    from groundiff.worlds.shapes_diffusion import (_clip_batches, assemble_pipeline, latent_scaling_factor,
+                                                   newest_checkpoint, read_ema_snapshot, warm_start)
     from groundiff.worlds.shapes_text import train_text_encoder
 
     comps = build_components(cfg)
     train_text_encoder(comps["text_encoder"], comps["tokenizer"], cfg, opts, STATE, _clip_batches(cfg))  # finished: loads
     warm_start(comps, cfg)
-    started = [c for c in cycles(cfg) if (STATE / f"{c.prefix}state.safetensors").exists()]
-    if not started:
-        raise SystemExit(f"no UNet cycle has a checkpoint in {STATE} yet: run this script without --probe first")
-    cycle = started[-1]
-    with safe_open(str(STATE / f"{cycle.prefix}state.safetensors"), "pt") as f:
-        step = json.loads(f.metadata()["meta"])["step"]
-        comps["unet"].load_state_dict({k[len("ema_unet."):]: f.get_tensor(k) for k in f.keys() if k.startswith("ema_unet.")})
+    if snapshot is None:
+        try:
+            snapshot = newest_checkpoint(cfg, STATE)[1]
+        except FileNotFoundError as err:
+            raise SystemExit(f"{err}: run this script without --probe first") from None
+    unet_step, weights = read_ema_snapshot(cfg, snapshot)
+    comps["unet"].load_state_dict(weights)
     pipe = assemble_pipeline(comps, latent_scaling_factor(comps["vae"], cfg, "cpu"))
     pipe.save_pretrained(out, safe_serialization=True)
-    print(f"probe: the UNet's EMA at {cycle.name} step {step} of {cycle.steps} "
-          f"(UNet step {_offset(cfg, cycle) + step}), assembled in {out}")
-
+    print(f"probe: the UNet's EMA from {snapshot} (UNet step {unet_step}), assembled in {out}")
 
 if __name__ == "__main__":
     main()

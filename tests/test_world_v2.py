@@ -111,6 +111,40 @@ def test_warm_start_keeps_the_unet_but_its_text_pathway(tmp_path):
     assert (tmp_path / "v2/model_index.json").exists()
 
 
+def test_ema_snapshot_of_an_unfinished_cycle_is_what_its_checkpoint_holds(tmp_path):
+    """save_ema_snapshot (timeboxed_second_cycle.py --v2's checks midway) copies the newest cycle's EMA
+    UNet with its step on the shared axis; read_ema_snapshot reads a snapshot or a cycle's state alike."""
+    from groundiff.core.training import state_path
+    from groundiff.worlds.shapes_diffusion import newest_checkpoint, read_ema_snapshot, save_ema_snapshot
+
+    cfg, work = replace(TINY, finetune_steps=4), tmp_path / "work"
+    with pytest.raises(FileNotFoundError, match="no UNet cycle has a checkpoint"):
+        newest_checkpoint(cfg, work)
+
+    class Stop(Exception):
+        pass
+
+    def snapshot_then_stop(m):
+        if "unet_loss" in m and m["step"] == cfg.steps + 2:  # cycle 2's first checkpoint
+            save_ema_snapshot(cfg, work, tmp_path / "snap.safetensors")
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_diffusion(cfg, OPTS, tmp_path / "out", work, on_log=snapshot_then_stop)
+    cycle, state = newest_checkpoint(cfg, work)
+    assert cycle.name == "cycle2" and state == state_path(work, "unet_cycle2_")
+    step, weights = read_ema_snapshot(cfg, tmp_path / "snap.safetensors")
+    assert step == 6 and read_ema_snapshot(cfg, state)[0] == 6
+    same = read_ema_snapshot(cfg, state)[1]
+    assert weights.keys() == same.keys() == build_components(cfg)["unet"].state_dict().keys()
+    assert all(torch.equal(weights[k], same[k]) for k in weights)
+    train_diffusion(cfg, OPTS, tmp_path / "out", work)  # resumes and finishes: the EMA moved on
+    final = _weights(tmp_path / "out", "unet")
+    assert any(not torch.equal(final[k], weights[k]) for k in final)
+    with pytest.raises(ValueError, match="neither an EMA snapshot"):
+        read_ema_snapshot(cfg, work / "unet_cycle2.safetensors")
+
+
 def test_bad_text_encoder_settings_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="text_encoder must be joint"):
         replace(TINY, text_encoder="t5")

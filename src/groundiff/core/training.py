@@ -73,7 +73,7 @@ class TrainingLoop:
         self.modules, self.optimizers = dict(modules), dict(optimizers)
         self.log_every, self.checkpoint_every = log_every, checkpoint_every
         self.desc, self.on_log, self.progress = desc, on_log, progress
-        self.state = self.work_dir / f"{prefix}state.safetensors"
+        self.state = state_path(self.work_dir, prefix)
         self.log = self.work_dir / f"{prefix}log.csv"
         self.start: int | None = None
         self._earlier_seconds = 0.0
@@ -129,6 +129,11 @@ class TrainingLoop:
         """Save a finished phase's weights (`modules`) to `path` with the fingerprint; drop the state."""
         save_finished(path, modules, self.fingerprint, self.steps)
         self.state.unlink(missing_ok=True)
+
+
+def state_path(work_dir: Path, prefix: str = "") -> Path:
+    """Where a TrainingLoop with this `prefix` keeps its resumable state in `work_dir`."""
+    return Path(work_dir) / f"{prefix}state.safetensors"
 
 
 def _rng_state() -> dict[str, torch.Tensor]:

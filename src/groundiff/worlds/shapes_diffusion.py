@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from groundiff.core import losslog
-from groundiff.core.checkpoint import fingerprint, load_training_state
-from groundiff.core.training import TrainingLoop, load_finished, save_finished
+from groundiff.core.checkpoint import fingerprint, load_training_state, read_meta, read_tensors, save_training_state
+from groundiff.core.training import TrainingLoop, load_finished, save_finished, state_path
 from groundiff.worlds.shapes import BACKGROUND_COLOURS, CLASSES, OBJECT_COLOURS, Scene, SceneSpec, render_scene
 from groundiff.worlds.tokenizer import build_word_tokenizer
 from groundiff.core.schema import DiffusionConfig, RunOptions
@@ -398,6 +398,37 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
 def _offset(cfg: DiffusionConfig, cycle: Cycle) -> int:
     """Steps before `cycle`, so that curves over both cycles share one step axis."""
     return 0 if cycle.name == "cycle1" else cfg.steps
+
+
+# --- the EMA UNet of an unfinished cycle: checks during a long run ------------------------------
+
+def newest_checkpoint(cfg: DiffusionConfig, work_dir: Path) -> tuple[Cycle, Path]:
+    """The newest UNet cycle that has a training state in `work_dir`, and that state's file."""
+    started = [c for c in cycles(cfg) if state_path(work_dir, c.prefix).exists()]
+    if not started:
+        raise FileNotFoundError(f"no UNet cycle has a checkpoint in {work_dir} yet: train first")
+    return started[-1], state_path(work_dir, started[-1].prefix)
+
+
+def save_ema_snapshot(cfg: DiffusionConfig, work_dir: Path, path: Path) -> int:
+    """Copy the EMA UNet of the newest cycle's checkpoint to `path` (the state's own key names, so
+    `read_ema_snapshot` reads either); returns its UNet step on the axis both cycles share."""
+    cycle, state = newest_checkpoint(cfg, work_dir)
+    step = read_meta(state)["step"]
+    save_training_state(path, {"ema_unet": read_tensors(state, "ema_unet.")}, {},
+                        {"step": step, "cycle": cycle.name, "unet_step": _offset(cfg, cycle) + step})
+    return _offset(cfg, cycle) + step
+
+
+def read_ema_snapshot(cfg: DiffusionConfig, path: Path) -> tuple[int, dict[str, torch.Tensor]]:
+    """(UNet step on the shared axis, EMA UNet state dict) from a snapshot or a cycle's training state."""
+    meta = read_meta(path)
+    if "unet_step" in meta:
+        return meta["unet_step"], read_tensors(path, "ema_unet.")
+    cycle = next((c for c in cycles(cfg) if path.name == state_path(path.parent, c.prefix).name), None)
+    if cycle is None:
+        raise ValueError(f"{path} is neither an EMA snapshot (save_ema_snapshot) nor a UNet cycle's state")
+    return _offset(cfg, cycle) + meta["step"], read_tensors(path, "ema_unet.")
 
 
 def loss_curve(cfg: DiffusionConfig, work_dir: Path) -> list[dict]:
