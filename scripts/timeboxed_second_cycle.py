@@ -29,6 +29,7 @@ On a GPU the UNet trains in bf16; on a CPU in fp32 (bf16 pays only with AVX512-B
 """
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -111,7 +112,9 @@ def main(argv: list[str]) -> None:
             halves(tmp, out, f"unet_step{unet_step}")
             snapshots.append(unet_step)
 
-    train_opts = replace(opts, log_every=20, checkpoint_every=third or opts.checkpoint_every)
+    # a report at each third, after its checkpoint: log_every must divide the third
+    train_opts = replace(opts, log_every=math.gcd(20, third) if third else 20,
+                         checkpoint_every=third or opts.checkpoint_every)
     metrics = train_diffusion(cfg, train_opts, Path("/tmp/gd_out"), STATE, on_log=snapshot)
     report.update(train_s=time.time() - t1, total_s=time.time() - t0, metrics=metrics, snapshots=snapshots)
     shutil.copy(STATE / "unet_cycle2_log.csv", out / "unet_cycle2_log.csv")
