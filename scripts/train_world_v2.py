@@ -44,6 +44,9 @@ V2 = {
     "finetune_lr": 0.0004,
     "finetune_snr_gamma": 5.0,
     "finetune_batch_size": 64,
+    # Cycle 2b (2026-12-05, session 8): the same cycle with every cross-attention kept as cycle 1 left it,
+    # to see whether binding still erodes when only the rest of the UNet trains (A/B against cycle 2).
+    "finetune_freeze_cross_attention": True,
 }
 # On a lent GPU (`scripts/timeboxed_second_cycle.py --v2`): v1's shipped second cycle, batch 256 at
 # peak lr 8e-4 (4e-4 at batch 64 scaled by sqrt(4)), Min-SNR-gamma 5; its length fits the time box.

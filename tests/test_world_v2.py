@@ -145,6 +145,24 @@ def test_ema_snapshot_of_an_unfinished_cycle_is_what_its_checkpoint_holds(tmp_pa
         read_ema_snapshot(cfg, work / "unet_cycle2.safetensors")
 
 
+def test_second_cycle_can_keep_the_cross_attention_as_the_first_left_it(tmp_path):
+    """finetune_freeze_cross_attention: cycle 2 trains every UNet layer but the cross-attention
+    (attn2), whose weights stay exactly cycle 1's; without it, they train too."""
+    from safetensors.torch import load_file as load
+
+    frozen = replace(TINY, finetune_steps=2, finetune_freeze_cross_attention=True)
+    train_diffusion(frozen, OPTS, tmp_path / "frozen", tmp_path / "work")
+    cycle1 = {k[len("unet."):]: v for k, v in load(tmp_path / "work/unet_cycle1.safetensors").items()
+              if k.startswith("unet.")}
+    unet = _weights(tmp_path / "frozen", "unet")
+    cross = [k for k in unet if ".attn2." in k]
+    assert cross and all(torch.equal(unet[k], cycle1[k]) for k in cross)
+    assert any(not torch.equal(unet[k], cycle1[k]) for k in unet if ".attn2." not in k)
+    train_diffusion(replace(frozen, finetune_freeze_cross_attention=False), OPTS, tmp_path / "all", tmp_path / "work")
+    unet = _weights(tmp_path / "all", "unet")  # the same work dir: cycle 2 was redone, cycle 1 reused
+    assert any(not torch.equal(unet[k], cycle1[k]) for k in cross)
+
+
 def test_bad_text_encoder_settings_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="text_encoder must be joint"):
         replace(TINY, text_encoder="t5")
@@ -158,7 +176,8 @@ def test_bad_text_encoder_settings_are_clear_errors(tmp_path):
 
 def test_progress_table_lists_v1_and_each_probe_with_what_was_measured(tmp_path):
     """scripts/world_v2_progress.py: the renderer's row when it was measured, v1's row from metrics/,
-    one row per probe step in step order, '–' where a probe has no fidelity measurement yet."""
+    one row per probe step in step order (a tagged run's after the main one's), '–' where a probe has no
+    fidelity measurement yet."""
     import json
     import shutil
     import subprocess
@@ -170,10 +189,19 @@ def test_progress_table_lists_v1_and_each_probe_with_what_was_measured(tmp_path)
     binding = json.loads((tmp_path / "step1000_binding.json").read_text())
     binding["attention"]["daam_miou"] = 55.55
     (tmp_path / "step200_binding.json").write_text(json.dumps(binding))
+    binding["attention"]["daam_miou"] = 44.44  # a run beside the main one, tagged
+    (tmp_path / "step1000-frozen_binding.json").write_text(json.dumps(binding))
     subprocess.run([sys.executable, "scripts/world_v2_progress.py", "--dir", str(tmp_path)], cwd=root,
                    check=True, capture_output=True)
     rows = [line for line in (tmp_path / "progress.md").read_text().splitlines() if line.startswith("| v")]
-    assert [r.split(" | ")[0] for r in rows] == ["| v1 (shipped)", "| v2, UNet step 200", "| v2, UNet step 1000"]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| v1 (shipped)", "| v2, UNet step 200", "| v2, UNet step 1000",
+        "| v2, UNet step 1000 (cycle 2 with the cross-attention frozen)"]
+    assert "44.4" in rows[3] and rows[3].endswith("| – | – |")
+    # the paired DAAM column scores every probe on the images found in all of them (here: the same)
+    found = [r["iou"] for r in binding["attention"]["per_image"] if r["found"]]
+    paired = f"| {100 * sum(found) / len(found):.1f} |"
+    assert all(paired in r for r in rows[1:]) and "| – |" in rows[0]
     assert "| renderer" not in (tmp_path / "progress.md").read_text()  # not measured in this folder
     assert "55.5" in rows[1] and rows[1].endswith("| – | – |")
     fidelity = json.loads((tmp_path / "step1000_fidelity.json").read_text())["metrics"]

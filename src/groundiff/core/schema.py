@@ -216,6 +216,7 @@ class DiffusionConfig:
     finetune_lr: float = 4e-4
     finetune_snr_gamma: float = 0.0  # Min-SNR-gamma loss weight min(SNR, gamma) / SNR; 0 = plain MSE
     finetune_batch_size: int = 0  # 0 = batch_size; a GPU is launch-bound here, so larger batches are ~free
+    finetune_freeze_cross_attention: bool = False  # keep every cross-attention (attn2) as cycle 1 left it
     # Text encoder: joint (world v1: trained with the UNet) | clip (world v2: a mini-CLIP pretrained on
     # the renderer's (image, caption) pairs, then frozen while the UNet trains, as SD's CLIP is)
     text_encoder: str = "joint"

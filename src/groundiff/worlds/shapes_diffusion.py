@@ -186,6 +186,7 @@ class Cycle:
     snr_gamma: float
     batch_size: int
     stream: int  # render_batch data stream: each cycle sees its own scenes
+    freeze_cross_attention: bool = False  # train all but the cross-attention (the text pathway) layers
 
     @property
     def prefix(self) -> str:  # of the cycle's state and log in the work dir
@@ -204,7 +205,8 @@ def cycles(cfg: DiffusionConfig) -> list[Cycle]:
     out = [Cycle("cycle1", cfg.steps, cfg.lr, 0.0, cfg.batch_size, stream=1)]
     if cfg.finetune_steps:
         out.append(Cycle("cycle2", cfg.finetune_steps, cfg.finetune_lr, cfg.finetune_snr_gamma,
-                         cfg.finetune_batch_size or cfg.batch_size, stream=3))
+                         cfg.finetune_batch_size or cfg.batch_size, stream=3,
+                         freeze_cross_attention=cfg.finetune_freeze_cross_attention))
     return out
 
 
@@ -333,9 +335,11 @@ def train_unet(components: dict, cfg: DiffusionConfig, opts: RunOptions, work_di
         load_training_state(work_dir / cycles(cfg)[0].weights, models, {})
     joint = cfg.text_encoder == "joint"
     unet.to(dev).train()
+    for name, p in unet.named_parameters():
+        p.requires_grad_(not (cycle.freeze_cross_attention and ".attn2." in name))
     text_encoder.to(dev).train(joint).requires_grad_(joint)
     vae.to(dev).eval().requires_grad_(False)
-    params = list(unet.parameters()) + (list(text_encoder.parameters()) if joint else [])
+    params = [p for p in unet.parameters() if p.requires_grad] + (list(text_encoder.parameters()) if joint else [])
     opt = torch.optim.AdamW(params, lr=cycle.lr, weight_decay=cfg.weight_decay)
     ema_unet = EMA(unet, cfg.ema_decay)
     ema = {"ema_unet": ema_unet.shadow}
