@@ -22,7 +22,11 @@ from groundiff.core import paths
 from groundiff.worlds.bars import BINDING_BARS, FIDELITY_V2_BARS
 
 DIR = paths.REPORTS / "world_v2"
-RUNS = {"frozen": "cycle 2 with the cross-attention frozen", "short": "a cycle 1 of 1000 steps"}  # what a probe's tag stands for
+RUNS = {  # what a probe's tag stands for
+    "frozen": "cycle 2 with the cross-attention frozen",
+    "short": "a cycle 1 of 1000 steps",
+    "shortfrozen": "the 1000-step cycle 1, then cycle 2 with the cross-attention frozen",
+}
 
 
 def _pct(x: float | None) -> str:
