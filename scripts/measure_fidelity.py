@@ -34,15 +34,15 @@ from groundiff.diffusion.pipeline import load_pipeline
 from groundiff.worlds.active import World
 from groundiff.worlds.bars import FIDELITY_V2_BARS
 from groundiff.worlds.fidelity import fidelity_metrics, fidelity_prompts, markdown_table, run_fidelity, sample_grid
-from groundiff.worlds.shapes import SceneSpec, render_scene
+from groundiff.worlds.shapes import render_scene
+from groundiff.worlds.shapes_diffusion import scene_spec
 
 
 def renderer_fidelity(params: Params, oracle, classes: tuple[str, ...], cfg) -> tuple[dict, list, pd.DataFrame]:
     """run_fidelity's (metrics, images, table) with the renderer's scenes in place of generated images."""
     if params.world.name != "shapes":
         raise SystemExit(f"--renderer needs the shapes world (the one with a renderer); world.name is {params.world.name!r}")
-    model = params.section("world_diffusion").model
-    spec = SceneSpec(image_size=model.image_size, max_objects=model.max_objects)
+    spec = scene_spec(params.section("world_diffusion").model)
     table = fidelity_prompts(classes, cfg.prompts)
     images = [render_scene(int(seed), spec, classes=names.split(CLASS_SEP)).image
               for seed, names in zip(table["seed"], table["classes"])]

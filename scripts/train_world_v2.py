@@ -114,5 +114,6 @@ def probe(cfg, opts: RunOptions, out: Path, snapshot: Path | None = None) -> Non
     pipe.save_pretrained(out, safe_serialization=True)
     print(f"probe: the UNet's EMA from {snapshot} (UNet step {unet_step}), assembled in {out}")
 
+
 if __name__ == "__main__":
     main()

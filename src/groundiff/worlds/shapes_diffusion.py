@@ -131,12 +131,17 @@ def training_caption(scene: Scene, rng: np.random.Generator, cfg: DiffusionConfi
     return caption
 
 
+def scene_spec(cfg: DiffusionConfig) -> SceneSpec:
+    """How the scenes the model trains on are sampled."""
+    return SceneSpec(image_size=cfg.image_size, max_objects=cfg.max_objects)
+
+
 def render_batch(cfg: DiffusionConfig, step: int, batch_size: int, stream: int) -> tuple[torch.Tensor, list[str]]:
     """Batch `step` of data stream `stream` (0: VAE, 1: UNet): images in [-1, 1] and captions."""
     seq = np.random.SeedSequence([cfg.seed, stream, step])
     seeds = seq.generate_state(batch_size, dtype=np.uint32)
     rng = np.random.default_rng(seq.spawn(1)[0])
-    spec = SceneSpec(image_size=cfg.image_size, max_objects=cfg.max_objects)
+    spec = scene_spec(cfg)
     scenes = [render_scene(int(s), spec) for s in seeds]
     images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2)
     images = images.float() / 127.5 - 1.0  # (B, 3, H, W)
@@ -419,9 +424,10 @@ def save_ema_snapshot(cfg: DiffusionConfig, work_dir: Path, path: Path) -> int:
     `read_ema_snapshot` reads either); returns its UNet step on the axis both cycles share."""
     cycle, state = newest_checkpoint(cfg, work_dir)
     step = read_meta(state)["step"]
+    unet_step = _offset(cfg, cycle) + step
     save_training_state(path, {"ema_unet": read_tensors(state, "ema_unet.")}, {},
-                        {"step": step, "cycle": cycle.name, "unet_step": _offset(cfg, cycle) + step})
-    return _offset(cfg, cycle) + step
+                        {"step": step, "cycle": cycle.name, "unet_step": unet_step})
+    return unet_step
 
 
 def read_ema_snapshot(cfg: DiffusionConfig, path: Path) -> tuple[int, dict[str, torch.Tensor]]:
@@ -429,7 +435,7 @@ def read_ema_snapshot(cfg: DiffusionConfig, path: Path) -> tuple[int, dict[str, 
     meta = read_meta(path)
     if "unet_step" in meta:
         return meta["unet_step"], read_tensors(path, "ema_unet.")
-    cycle = next((c for c in cycles(cfg) if path.name == state_path(path.parent, c.prefix).name), None)
+    cycle = next((c for c in cycles(cfg) if path == state_path(path.parent, c.prefix)), None)
     if cycle is None:
         raise ValueError(f"{path} is neither an EMA snapshot (save_ema_snapshot) nor a UNet cycle's state")
     return _offset(cfg, cycle) + meta["step"], read_tensors(path, "ema_unet.")
